@@ -48,7 +48,8 @@ class Daphne:
         self.port = free_port()
         self.log_path = tmp_path / f"daphne-{name}-{self.port}.log"
         full_env = {**os.environ, "DEMO_DB": str(tmp_path / "demo.sqlite3"),
-                    "WSMONITOR_NODE": name, "PYTHONUNBUFFERED": "1"}
+                    "WSMONITOR_NODE": name, "PYTHONUNBUFFERED": "1",
+                    "DJANGO_SETTINGS_MODULE": "demo_project.settings"}
         full_env.pop("REDIS_URL", None)
         full_env.update(env or {})
         self._log = open(self.log_path, "wb")
@@ -129,3 +130,26 @@ def redis_available(host="127.0.0.1", port=6379):
 def redis_url():
     need(redis_available(), "Redis is not answering on 127.0.0.1:6379")
     return "redis://127.0.0.1:6379/0"
+
+
+async def eventually(predicate, timeout=10.0, interval=0.05, message="condition"):
+    """Async twin of :func:`wait_until` for tests that keep sockets open on the loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def established(port):
+    """Server-side ESTABLISHED TCP connections on ``port``, counted by the kernel (ss)."""
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout
+    return sum(1 for line in out.splitlines() if line.strip())

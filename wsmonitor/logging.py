@@ -21,7 +21,7 @@ def _escape_controls(_logger, _name, event_dict):
 
 
 class _Handler(logging.StreamHandler):
-    """Marker class so repeated configuration replaces, not stacks, our handler."""
+    """wsmonitor's root handler (a class of its own so tests can find it)."""
 
 
 def configure():
@@ -50,8 +50,10 @@ def configure():
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
+    # Take over the root logger: servers such as daphne call basicConfig()
+    # first, and a second handler would print every record twice.
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+    for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = _Handler()
     handler.setFormatter(formatter)
