@@ -7,7 +7,8 @@ from django.core.checks import Error, Tags, Warning, register
 
 from .conf import DEFAULTS
 
-_BOOLS = ("METRICS", "LOGS", "CONFIGURE_LOGGING")
+_BOOLS = ("METRICS", "LOGS", "CONFIGURE_LOGGING", "TRACING", "MESSAGE_SPANS",
+          "SPLIT_CONNECTION_SPAN", "INJECT_TRACEPARENT")
 
 
 def settings_errors():
@@ -50,6 +51,18 @@ def settings_errors():
     if not (isinstance(level, str) and isinstance(logging.getLevelName(level), int)):
         errors.append(Error('WSMONITOR["LOG_LEVEL"] must be a logging level name such as "INFO".',
                             id="wsmonitor.E008"))
+    if user.get("TRACE_MODEL", "message") not in ("message", "connection"):
+        errors.append(Error('WSMONITOR["TRACE_MODEL"] must be "message" or "connection".',
+                            id="wsmonitor.E009"))
+    field = user.get("TRACEPARENT_FIELD", "traceparent")
+    if not (isinstance(field, str) and field):
+        errors.append(Error('WSMONITOR["TRACEPARENT_FIELD"] must be a non-empty string.',
+                            id="wsmonitor.E010"))
+    error_codes = user.get("ERROR_CLOSE_CODES", ())
+    if not (isinstance(error_codes, (list, tuple, set, frozenset)) and all(
+            type(code) is int and 3000 <= code <= 4999 for code in error_codes)):
+        errors.append(Error('WSMONITOR["ERROR_CLOSE_CODES"] must be a list of application '
+                            "close codes (int, 3000-4999).", id="wsmonitor.E011"))
     return errors
 
 
