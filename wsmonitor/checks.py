@@ -1,5 +1,6 @@
 """System checks for the ``WSMONITOR`` setting."""
 
+import ipaddress
 import logging
 
 from django.conf import settings
@@ -63,6 +64,21 @@ def settings_errors():
             type(code) is int and 3000 <= code <= 4999 for code in error_codes)):
         errors.append(Error('WSMONITOR["ERROR_CLOSE_CODES"] must be a list of application '
                             "close codes (int, 3000-4999).", id="wsmonitor.E011"))
+    networks = user.get("METRICS_ALLOWED_NETWORKS")
+    if networks is not None:
+        try:
+            if isinstance(networks, str):
+                raise ValueError("a list is needed")
+            for network in networks:
+                ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError) as exc:
+            errors.append(Error(
+                f'WSMONITOR["METRICS_ALLOWED_NETWORKS"] must be a list of networks such as '
+                f'"10.0.0.0/8": {exc}.', id="wsmonitor.E012"))
+    token = user.get("METRICS_TOKEN")
+    if token is not None and not (isinstance(token, str) and len(token) >= 16):
+        errors.append(Error('WSMONITOR["METRICS_TOKEN"] must be a string of at least 16 '
+                            "characters, or None.", id="wsmonitor.E013"))
     return errors
 
 

@@ -39,6 +39,10 @@ DEFAULTS = {
     "INJECT_TRACEPARENT": False,
     # Application close codes (3000-4999) that mark the connection span as an error.
     "ERROR_CLOSE_CODES": (),
+    # Access to wsmonitor's /metrics view (wsmonitor.urls): client networks
+    # (CIDR strings) allowed, and/or a bearer token required. None: no rule.
+    "METRICS_ALLOWED_NETWORKS": None,
+    "METRICS_TOKEN": None,
     # Accepted connections one node is sized for; exported as the
     # ``ws_connections_capacity`` gauge for the capacity alert when set.
     "CAPACITY": None,
