@@ -102,3 +102,29 @@ def test_rules_only_use_exported_metrics():
         used = metric_names_in(rule["expr"])
         assert used, rule
         assert used <= exported, (rule.get("alert") or rule.get("record"), used - exported)
+
+
+def runbook_queries():
+    """PromQL lines of the runbook's ```promql blocks (indented lines continue the previous one)."""
+    queries = []
+    for block in re.findall(r"```promql\n(.*?)```", RUNBOOK.read_text(), re.S):
+        for line in block.splitlines():
+            code = line.split("#")[0].rstrip()
+            if not code.strip():
+                continue
+            if line.startswith(" ") and queries:
+                queries[-1] += " " + code.strip()
+            else:
+                queries.append(code.strip())
+    return queries
+
+
+def test_runbook_promql_parses(promtool, tmp_path):
+    queries = runbook_queries()
+    assert len(queries) > 20
+    rules = {"groups": [{"name": "runbook", "rules": [
+        {"record": f"runbook:query_{index}", "expr": query} for index, query in enumerate(queries)]}]}
+    path = tmp_path / "runbook.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = run(promtool, "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
