@@ -133,20 +133,19 @@ async def test_prometheus_answers_what_the_clients_did(start_daphne, prometheus_
     sockets[0].transport.abort()  # no close frame: 1006
     await sockets[1].close(code=1000)
     await sockets[2].close(code=4000)  # declared by the demo
-    await until(prom, f"sum by (code) (ws_closes_total{{{sel}}})", "code",
+    await until(prom, f"sum by (code) (ws_closes_total{{{sel}}}) > 0", "code",
                 {"1006": 1, "1000": 1, "4000": 1})
+    # Seed query: abnormal-closure rate per node. wsmonitor starts the common
+    # code series at 0 with the consumer, so rate() sees the very first 1006.
+    await eventually(
+        lambda: prom.query('sum by (node) (rate(ws_closes_total{code="1006"}[5m]))', "node")
+        .get(NODE, 0) > 0, timeout=10, interval=0.25, message="first 1006 in the rate")
     await until(prom, "sum by (node) (ws_connections_active)", "node", {NODE: 2})
     await until(prom, f"sum by (consumer) (ws_connects_total{{{sel}}})", "consumer",
                 {"EchoConsumer": 5})
 
-    # Seed query: abnormal-closure rate per node. The code="1006" series is born
-    # at 1 on the first abnormal close, and rate() cannot see a series' first
-    # increment: only the second 1006 (scraped after the first) shows up.
     sockets[3].transport.abort()
     await until(prom, f'ws_closes_total{{{sel}, code="1006"}}', "code", {"1006": 2})
-    await eventually(
-        lambda: prom.query('sum by (node) (rate(ws_closes_total{code="1006"}[5m]))', "node")
-        .get(NODE, 0) > 0, timeout=10, interval=0.25, message="1006 rate above 0")
     # Corrected seed query: connect and close rates side by side. All 5 connects
     # were counted before the first scrape saw the series, so (as for 1006) it
     # takes one more connect for the connect rate to leave 0.
