@@ -6,6 +6,7 @@ and never need to call ``super()`` in their hooks.
 """
 
 import asyncio
+import atexit
 import contextlib
 import time
 import uuid
@@ -32,7 +33,7 @@ class Connection:
 
     __slots__ = (
         "session_id", "label", "metrics", "logs", "tracer", "span", "config", "asgi_send",
-        "accepted_at", "rejected", "code", "counted_error",
+        "accepted_at", "rejected", "code", "counted_error", "finished",
         "messages_in", "messages_out", "bytes_in", "bytes_out",
     )
 
@@ -49,6 +50,7 @@ class Connection:
         self.rejected = None  # the reject reason, once refused
         self.code = _UNSET
         self.counted_error = None  # the exception already counted at its stage
+        self.finished = False
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
 
@@ -58,6 +60,29 @@ def _payload_size(message):
         return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     data = message.get("bytes")
     return len(data) if data is not None else 0
+
+
+#: Consumers whose connection has not finished yet, for :func:`_finish_at_exit`.
+_unfinished = set()
+
+
+@atexit.register
+def _finish_at_exit():
+    """Record the end of every connection still open when the process exits.
+
+    On SIGTERM daphne 4.2.3 means to cancel every application task, but its
+    kill_all_applications() raises KeyError on an open WebSocket and the loop
+    stops with the tasks pending: no finally block runs. What the process
+    leaves unrecorded here is lost for good.
+    """
+    for consumer in list(_unfinished):
+        conn = consumer._wsm
+        span_scope = trace.use_span(conn.span) if conn.span else contextlib.nullcontext()
+        with structlog.contextvars.bound_contextvars(session_id=conn.session_id), span_scope:
+            consumer._wsm_finish(None, shutdown=True)
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:
+        flush(5000)
 
 
 def _switch(consumer_value, setting):
@@ -91,6 +116,7 @@ class InstrumentedMixin:
         self._wsm = conn = Connection(session_id, label,
                                       _metrics.bound(label) if metrics_on else None,
                                       logs_on, tracer, config, send)
+        _unfinished.add(self)
         span_scope = contextlib.nullcontext()
         if tracer is not None:
             conn.span = tracing.start_connection_span(tracer, scope, session_id, label)
@@ -233,9 +259,13 @@ class InstrumentedMixin:
         if conn.logs:
             logger.error("ws_error", stage=stage, exc_info=exc)
 
-    def _wsm_finish(self, crashed):
-        """Runs exactly once per connection, on every path out of ``__call__``."""
+    def _wsm_finish(self, crashed, shutdown=False):
+        """Runs exactly once per connection: on every path out of ``__call__``, or at exit."""
         conn = self._wsm
+        if conn.finished:
+            return
+        conn.finished = True
+        _unfinished.discard(self)
         if conn.accepted_at is None:
             if not conn.rejected:
                 self._wsm_rejected("error" if crashed else "abandoned")
@@ -259,12 +289,15 @@ class InstrumentedMixin:
             span = conn.span
             if conn.config["SPLIT_CONNECTION_SPAN"]:
                 span = tracing.start_close_span(conn.tracer, span, conn.session_id)
+            if shutdown and span.is_recording():
+                span.set_attribute("websocket.close.reason", "server_shutdown")
             tracing.end_connection_span(span, code, conn, conn.config["ERROR_CLOSE_CODES"])
         if conn.logs:
+            extra = {"reason": "server_shutdown"} if shutdown else {}
             logger.info(
                 "ws_close", code=code, duration=round(duration, 6),
                 messages_in=conn.messages_in, messages_out=conn.messages_out,
-                bytes_in=conn.bytes_in, bytes_out=conn.bytes_out,
+                bytes_in=conn.bytes_in, bytes_out=conn.bytes_out, **extra,
             )
 
 
