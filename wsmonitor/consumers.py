@@ -13,6 +13,7 @@ import structlog
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
+from . import layers as _layers
 from . import metrics as _metrics
 from .conf import get_config
 from .logging import logger
@@ -93,6 +94,9 @@ class InstrumentedMixin:
                 self._wsm_finish(crashed)
 
     async def dispatch(self, message):
+        if _layers.ENVELOPE_KEY in message:
+            # Channel-layer envelope (wsmonitor.layers): delivery time, then out of the handler's way.
+            message = _layers.received(message, self._wsm)
         conn = self._wsm
         if conn is None:
             return await super().dispatch(message)
