@@ -66,6 +66,9 @@ WSMONITOR = {
     "LOG_FORMAT": os.environ.get("WSMONITOR_LOG_FORMAT", "json"),
     "CLOSE_CODES": {4000: "chat room is full"},
     "CAPACITY": 10000,
+    # Session registry: `manage.py wsmonitor_sessions list` / `close <id> --code 4000`.
+    "REGISTRY_URL": REDIS_URL,
+    "REGISTRY_TTL": int(os.environ.get("WSMONITOR_REGISTRY_TTL", "30")),
 }
 
 # Django's own records go through wsmonitor's structlog handler on the root

@@ -203,3 +203,20 @@ async def test_layer_error_is_counted_logged_with_the_session_and_frees_the_gaug
     opened = next(e for e in logged if e["event"] == "ws_open")
     assert error["session_id"] == opened["session_id"] and error["kind"] == "send"
 
+
+@override_settings(CHANNEL_LAYERS=IN_MEMORY)
+async def test_wsmonitor_close_event_closes_with_the_code():
+    before = MetricsSnapshot.collect()
+    communicator = WebsocketCommunicator(Room.as_asgi(), "/ws/room/")
+    assert (await communicator.connect(timeout=3))[0]
+    await communicator.send_json_to("whoami")
+    session_id = await communicator.receive_json_from(timeout=3)
+    layer = get_channel_layer()
+    (channel,) = layer.groups["room"]
+    await layer.send(channel, {"type": "wsmonitor.close", "code": 4001, "session_id": "other"})
+    await layer.send(channel, {"type": "wsmonitor.close", "code": 1011, "session_id": session_id})
+    assert await communicator.receive_nothing(timeout=0.2)  # wrong session; invalid code
+    await layer.send(channel, {"type": "wsmonitor.close", "code": 4001, "session_id": session_id})
+    assert await communicator.receive_output(timeout=3) == {"type": "websocket.close", "code": 4001}
+    await communicator.disconnect(code=1006, timeout=3)
+    assert_metric_diff(before, "ws_closes_total", 1, consumer="Room", code="4001")

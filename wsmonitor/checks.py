@@ -50,6 +50,22 @@ def settings_errors():
     if not (isinstance(level, str) and isinstance(logging.getLevelName(level), int)):
         errors.append(Error('WSMONITOR["LOG_LEVEL"] must be a logging level name such as "INFO".',
                             id="wsmonitor.E008"))
+    errors.extend(_registry_errors(user))
+    return errors
+
+
+def _registry_errors(user):
+    """The session registry's settings (wsmonitor.registry)."""
+    errors = []
+    url = user.get("REGISTRY_URL")
+    if url is not None and not (isinstance(url, str)
+                                and url.startswith(("redis://", "rediss://", "unix://"))):
+        errors.append(Error('WSMONITOR["REGISTRY_URL"] must be None or a redis://, rediss:// '
+                            "or unix:// URL.", id="wsmonitor.E009"))
+    ttl = user.get("REGISTRY_TTL", 30)
+    if not (type(ttl) in (int, float) and ttl >= 3):
+        errors.append(Error('WSMONITOR["REGISTRY_TTL"] must be a number of seconds, at least 3.',
+                            id="wsmonitor.E010"))
     return errors
 
 

@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocke
 
 from . import layers as _layers
 from . import metrics as _metrics
+from . import registry as _registry
 from .conf import get_config
 from .logging import logger
 
@@ -172,6 +173,7 @@ class InstrumentedMixin:
                 path=self.scope.get("path"), client=f"{client[0]}:{client[1]}" if client else None,
                 subprotocol=message.get("subprotocol"),
             )
+        _registry.opened(self)  # session registry (wsmonitor.registry), when configured
 
     def _wsm_rejected(self, reason):
         conn = self._wsm
@@ -190,6 +192,12 @@ class InstrumentedMixin:
         if conn.logs:
             logger.error("ws_error", stage=stage, exc_info=exc)
 
+    async def wsmonitor_close(self, event):
+        """Close this connection on request (``manage.py wsmonitor_sessions close``)."""
+        code = event.get("code", 1000)
+        if event.get("session_id") == self.session_id and _registry.valid_close_code(code):
+            await self.close(code=code)
+
     def _wsm_finish(self, crashed):
         """Runs exactly once per connection, on every path out of ``__call__``."""
         conn = self._wsm
@@ -197,6 +205,7 @@ class InstrumentedMixin:
             if not conn.rejected:
                 self._wsm_rejected("error" if crashed else "abandoned")
             return
+        _registry.closed(self)
         code = conn.code
         if code is _UNSET:
             # daphne answers an application exception with 1011; a cancelled

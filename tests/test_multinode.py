@@ -1,0 +1,204 @@
+"""Several daphne processes and nodes: real Redis, real nginx, read through /metrics over HTTP."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from wsmonitor import registry
+
+from .conftest import ROOT, free_port, need, wait_until
+from .test_live_daphne import client
+
+CHAT = "ChatConsumer"
+
+
+def unique(name):
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+async def scrape(server):
+    return await asyncio.to_thread(server.scrape)
+
+
+async def total(servers, name, **labels):
+    snapshots = await asyncio.gather(*(scrape(server) for server in servers))
+    return sum(snapshot.value(name, **labels) for snapshot in snapshots)
+
+
+async def poll(predicate, timeout, message):
+    """Await an async ``predicate`` until truthy, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(0.05)
+
+
+# --- Chat across two nodes ------------------------------------------------------------------
+
+async def test_two_nodes_chat_after_idling_past_redis_socket_timeout(start_daphne, redis_url):
+    """Each node counts its own connection; delivery time is observed where the event lands;
+    with the demo's socket_timeout None an idle consumer outlives redis-py's 5 s default."""
+    names = unique("node-a"), unique("node-b")
+    node_a, node_b = (start_daphne(env={"REDIS_URL": redis_url}, name=name) for name in names)
+    room = f"/ws/chat/{unique('room')}/"
+    async with client(node_a, room) as alice, client(node_b, room) as bob:
+        for server, name in zip((node_a, node_b), names):
+            snapshot = await scrape(server)
+            assert snapshot.value("ws_connections_active", consumer=CHAT) == 1
+            assert snapshot.label_values("ws_connections_active", "node") == {name}
+        await asyncio.sleep(6)  # idle on purpose: longer than channels_redis's 5 s read
+        await alice.send(json.dumps({"message": "hi bob"}))
+        assert json.loads(await asyncio.wait_for(bob.recv(), 5))["message"] == "hi bob"
+        await bob.send(json.dumps({"message": "hi alice"}))
+        got = [json.loads(await asyncio.wait_for(alice.recv(), 5))["message"] for _ in range(2)]
+        assert got == ["hi bob", "hi alice"]
+        assert json.loads(await asyncio.wait_for(bob.recv(), 5))["message"] == "hi alice"
+        for server in (node_a, node_b):
+            snapshot = await scrape(server)
+            assert snapshot.value("ws_layer_delivery_seconds_count", consumer=CHAT) == 2
+            assert snapshot.value("ws_layer_sends_total", kind="group_send", outcome="ok") == 1
+            assert snapshot.value("ws_layer_group_size_sum") == 2
+            assert snapshot.value("ws_errors_total") == 0
+            assert snapshot.value("ws_connections_active", consumer=CHAT) == 1
+
+
+# --- The 20 x 20 capacity burst -------------------------------------------------------------
+
+CLIENTS = MESSAGES = 20
+
+
+async def burst(servers):
+    """20 clients in one room, each sending 20 messages at once; returns what arrived."""
+    room = f"/ws/chat/{unique('burst')}/"
+    sockets = [await client(servers[i % len(servers)], room) for i in range(CLIENTS)]
+    counts = [0] * CLIENTS
+
+    async def read(index, ws):
+        try:
+            async for _ in ws:
+                counts[index] += 1
+        except ConnectionClosed:
+            pass
+
+    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    payloads = [json.dumps({"message": f"m{n}"}) for n in range(MESSAGES)]
+
+    async def send_all(ws):
+        for payload in payloads:  # 20 messages, no waiting for answers
+            await ws.send(payload)
+
+    await asyncio.gather(*(send_all(ws) for ws in sockets))
+    expected = CLIENTS * CLIENTS * MESSAGES
+
+    async def group_sends_done():
+        return await total(servers, "ws_layer_sends_total", kind="group_send") == CLIENTS * MESSAGES
+
+    await poll(group_sends_done, 30, "every group_send done")
+
+    async def accounted():
+        dropped = await total(servers, "ws_layer_messages_dropped_total")
+        return sum(counts) + dropped == expected
+
+    await poll(accounted, 30, "received + dropped == sent")
+    settled = sum(counts)
+    await asyncio.sleep(0.5)  # nothing may arrive after the books balanced
+    assert sum(counts) == settled
+    delivered = await total(servers, "ws_layer_delivery_seconds_count", consumer=CHAT)
+    dropped = await total(servers, "ws_layer_messages_dropped_total")
+    for ws in sockets:
+        await ws.close()
+    await asyncio.gather(*readers)
+    by_kind = {kind: await total(servers, "ws_layer_messages_dropped_total", kind=kind)
+               for kind in ("group_send", "receive")}
+    print(f"\nburst over {len(servers)} node(s): {expected} deliveries, {settled} received, "
+          f"{dropped:g} dropped {by_kind}")
+    return expected, settled, dropped, delivered
+
+
+@pytest.mark.parametrize("layer", ["memory", "redis", "pubsub"])
+async def test_capacity_burst_reports_every_lost_delivery(start_daphne, layer, request):
+    if layer == "memory":
+        servers = [start_daphne(name=unique("burst"))]
+    else:
+        redis_url = request.getfixturevalue("redis_url")
+        env = {"REDIS_URL": redis_url, "DEMO_CHANNEL_LAYER": layer}
+        servers = [start_daphne(env=env, name=unique(f"burst-{i}")) for i in range(2)]
+    expected, received, dropped, delivered = await burst(servers)
+    assert received + dropped == expected == 8000
+    assert delivered == received  # each event reached a handler once, and went out once
+    if layer == "pubsub":
+        assert dropped == 0  # no capacity in pub/sub
+    else:
+        assert dropped > 1000  # default capacity 100: most deliveries are lost
+
+
+# --- Session registry -----------------------------------------------------------------------
+
+def manage(*args, env):
+    full_env = {**os.environ, "DJANGO_SETTINGS_MODULE": "demo_project.settings", **env}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=30)
+
+
+async def test_registry_lists_both_nodes_and_closes_one_session_by_id(
+        start_daphne, redis_url, tmp_path):
+    env = {"REDIS_URL": redis_url, "WSMONITOR_REGISTRY_TTL": "3",
+           "DEMO_DB": str(tmp_path / "demo.sqlite3")}
+    names = unique("reg-a"), unique("reg-b")
+    node_a = start_daphne(env=env, name=names[0])
+    node_b = start_daphne(env=env, name=names[1])
+    room = f"/ws/chat/{unique('room')}/"
+    async with client(node_a, room) as alice, client(node_b, room) as bob:
+        await alice.send(json.dumps({"message": "who am i"}))
+        alice_id = json.loads(await asyncio.wait_for(bob.recv(), 5))["session_id"]
+        assert json.loads(await asyncio.wait_for(alice.recv(), 5))["session_id"] == alice_id
+
+        def listed():
+            return [s for s in registry.list_sessions(redis_url) if s["node"] in names]
+
+        await asyncio.to_thread(wait_until, lambda: len(listed()) == 2, 10, 0.05,
+                                "both sessions registered")
+        out = await asyncio.to_thread(manage, "wsmonitor_sessions", "list", "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        sessions = [s for s in map(json.loads, out.stdout.splitlines()) if s["node"] in names]
+        by_node = {s["node"]: s for s in sessions}
+        assert by_node[names[0]]["session_id"] == alice_id
+        assert {s["consumer"] for s in sessions} == {CHAT}
+        assert {s["path"] for s in sessions} == {room}
+        assert all(time.time() - s["opened_at"] < 60 for s in sessions)
+        table = (await asyncio.to_thread(
+            manage, "wsmonitor_sessions", "list", "--node", names[1], env=env)).stdout
+        assert by_node[names[1]]["session_id"] in table and alice_id not in table
+
+        out = await asyncio.to_thread(
+            manage, "wsmonitor_sessions", "close", alice_id, "--code", "4000", env=env)
+        assert out.returncode == 0, out.stderr
+        assert f"Closed {alice_id}" in out.stdout
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(alice.recv(), 5)
+        assert closed.value.rcvd.code == 4000
+        snapshot = await scrape(node_a)
+        assert snapshot.value("ws_closes_total", consumer=CHAT, code="4000") == 1
+        assert snapshot.value("ws_connections_active", consumer=CHAT) == 0
+        assert [s["node"] for s in listed()] == [names[1]]
+
+        bad = await asyncio.to_thread(manage, "wsmonitor_sessions", "close", alice_id, env=env)
+        assert bad.returncode != 0 and "No open session" in bad.stderr
+
+        # A node that dies takes its sessions with it, after REGISTRY_TTL.
+        node_b.process.send_signal(signal.SIGKILL)
+        node_b.process.wait(timeout=10)
+        await asyncio.to_thread(wait_until, lambda: listed() == [], 8, 0.2, "node B expired")
