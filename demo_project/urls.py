@@ -3,6 +3,7 @@ from django.views.generic import TemplateView
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
-    path("", include("django_prometheus.urls")),  # /metrics
-    path("", include("wsmonitor.urls")),  # /wsmonitor/sessions (staff only)
+    # /metrics (django-prometheus's export, sweeping dead processes in multiprocess mode)
+    # and /wsmonitor/sessions (staff only).
+    path("", include("wsmonitor.urls")),
 ]

@@ -202,3 +202,54 @@ async def test_registry_lists_both_nodes_and_closes_one_session_by_id(
         node_b.process.send_signal(signal.SIGKILL)
         node_b.process.wait(timeout=10)
         await asyncio.to_thread(wait_until, lambda: listed() == [], 8, 0.2, "node B expired")
+
+
+# --- Multiprocess mode ----------------------------------------------------------------------
+
+async def test_multiprocess_gauge_survives_a_killed_process(start_daphne, tmp_path):
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    first = start_daphne(env=env, name="host")
+    second = start_daphne(env=env, name="host")
+    sockets = [await client(first, "/ws/echo/") for _ in range(2)]
+    sockets += [await client(second, "/ws/echo/") for _ in range(3)]
+    for ws in sockets:
+        await ws.send("x")
+        await asyncio.wait_for(ws.recv(), 5)
+    pids = {str(first.process.pid), str(second.process.pid)}
+    snapshot = await scrape(second)  # one process answers for all of them
+    assert snapshot.value("ws_connections_active", consumer="EchoConsumer") == 5
+    assert snapshot.label_values("ws_process_open_fds", "pid") == pids
+    assert snapshot.value("ws_process_open_fds", pid=first.process.pid) > 0
+    assert snapshot.value("process_open_fds") == 0  # not exported in this mode
+
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(timeout=10)
+    dead = metrics_dir / f"gauge_livesum_{first.process.pid}.db"
+    assert dead.exists()
+    third = start_daphne(env=env, name="host")  # its start-up sweeps the dead process
+    assert not dead.exists()
+    sockets.append(await client(third, "/ws/echo/"))
+    await sockets[-1].send("x")
+    await asyncio.wait_for(sockets[-1].recv(), 5)
+    snapshot = await scrape(second)
+    assert snapshot.value("ws_connections_active", consumer="EchoConsumer") == 4
+    assert snapshot.value("ws_connects_total", consumer="EchoConsumer") == 6  # counters stay
+    assert snapshot.label_values("ws_process_open_fds", "pid") == {
+        str(second.process.pid), str(third.process.pid)}
+    for ws in sockets[2:]:
+        await ws.close()
+
+
+def test_scrape_sweeps_dead_processes(tmp_path):
+    from wsmonitor import multiprocess
+
+    corpse = subprocess.Popen([sys.executable, "-c", "pass"])
+    corpse.wait(timeout=10)
+    for prefix in ("gauge_livesum", "gauge_liveall", "counter"):
+        (tmp_path / f"{prefix}_{corpse.pid}.db").write_bytes(b"")
+    (tmp_path / f"gauge_livesum_{os.getppid()}.db").write_bytes(b"")  # alive
+    assert multiprocess.sweep(str(tmp_path)) == {corpse.pid}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{corpse.pid}.db", f"gauge_livesum_{os.getppid()}.db"])

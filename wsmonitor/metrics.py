@@ -213,3 +213,11 @@ def delivery(consumer, node):
         _delivery[consumer, node] = child = LAYER_DELIVERY.labels(consumer, node)
         return child
 
+
+# --- Multiprocess mode (wsmonitor.multiprocess) ----------------------------------------
+PROCESS_START = Gauge(
+    "ws_process_start_time_seconds",
+    "Start time of each live server process; set only in multiprocess mode, where it carries "
+    "a pid label and leaves with its process.",
+    ("node",), multiprocess_mode="liveall",
+)

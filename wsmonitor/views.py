@@ -1,9 +1,24 @@
-"""HTTP views: the staff-only session list."""
+"""HTTP views: the /metrics export (multiprocess-aware) and the staff-only session list."""
 
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
+from django_prometheus.exports import ExportToDjangoView
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from . import registry
+from . import multiprocess, registry
 from .conf import get_config
+
+
+def metrics(request):
+    """django-prometheus's export; in multiprocess mode it first sweeps dead processes."""
+    path = multiprocess.directory()
+    if not path:
+        return ExportToDjangoView(request)
+    multiprocess.sweep(path)
+    scrape = CollectorRegistry()
+    MultiProcessCollector(scrape, path=path)
+    scrape.register(multiprocess.ProcessFdsCollector(path, get_config()["NODE"]))
+    return HttpResponse(generate_latest(scrape), content_type=CONTENT_TYPE_LATEST)
 
 
 def sessions(request):
