@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,3 +254,121 @@ def test_scrape_sweeps_dead_processes(tmp_path):
     assert multiprocess.sweep(str(tmp_path)) == {corpse.pid}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"counter_{corpse.pid}.db", f"gauge_livesum_{os.getppid()}.db"])
+
+
+# --- nginx in front of two nodes ------------------------------------------------------------
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+SITE = ROOT / "deploy" / "nginx" / "wsmonitor.conf"
+
+
+class Nginx:
+    """nginx on a loopback port, running deploy/nginx/wsmonitor.conf with the test's ports."""
+
+    def __init__(self, prefix: Path, upstream_ports, read_timeout=None):
+        self.port = free_port()
+        prefix.mkdir()
+        site = SITE.read_text()
+        replacements = {"listen 80;": f"listen 127.0.0.1:{self.port};",
+                        "server 127.0.0.1:8001;": f"server 127.0.0.1:{upstream_ports[0]};",
+                        "server 127.0.0.1:8002;": f"server 127.0.0.1:{upstream_ports[1]};"}
+        if read_timeout:
+            replacements["proxy_read_timeout 1h;"] = f"proxy_read_timeout {read_timeout};"
+        for old, new in replacements.items():
+            assert old in site, old
+            site = site.replace(old, new)
+        temp = "\n".join(f"  {kind}_temp_path {prefix / kind};"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (prefix / "nginx.conf").write_text(
+            f"worker_processes 1;\npid {prefix / 'nginx.pid'};\nerror_log {prefix / 'error.log'};\n"
+            f"events {{ worker_connections 256; }}\n"
+            f"http {{\n  access_log {prefix / 'access.log'};\n{temp}\n{site}\n}}\n")
+        self.prefix = prefix
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e",
+             str(prefix / "error.log"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            wait_until(self._ready, timeout=10, message="nginx listening")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self):
+        if self.process.poll() is not None:
+            raise RuntimeError((self.prefix / "error.log").read_text(errors="replace"))
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def ws_url(self, path):
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_nginx(tmp_path):
+    need(NGINX is not None, "nginx is not installed (apt-get install -y nginx)")
+    started = []
+
+    def start(upstreams, **kwargs):
+        server = Nginx(tmp_path / f"nginx-{len(started)}", [s.port for s in upstreams], **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+async def test_nginx_example_spreads_websockets_over_two_nodes(start_nginx, start_daphne,
+                                                               redis_url):
+    env = {"REDIS_URL": redis_url}
+    nodes = [start_daphne(env=env, args=["--proxy-headers"], name=unique(f"nginx-{i}"))
+             for i in range(2)]
+    proxy = start_nginx(nodes)
+    room = f"/ws/chat/{unique('room')}/"
+    sockets = [await client(proxy, room) for _ in range(4)]
+    assert [(await scrape(node)).value("ws_connections_active", consumer=CHAT)
+            for node in nodes] == [2, 2]  # least_conn
+    await sockets[0].send(json.dumps({"message": "through nginx"}))
+    for ws in sockets:  # all four, on both nodes, through the shared layer
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "through nginx"
+    for ws in sockets:
+        await ws.close()
+    for node in nodes:
+        await poll(lambda node=node: _closed(node, "1000", 2), 10, "closes counted")
+
+
+async def _closed(node, code, count):
+    return (await scrape(node)).value("ws_closes_total", consumer=CHAT, code=code) == count
+
+
+async def test_nginx_idle_timeout_is_1006_on_both_sides(start_nginx, start_daphne):
+    nodes = [start_daphne(name=unique(f"idle-{i}")) for i in range(2)]
+    proxy = start_nginx(nodes, read_timeout="1s")
+    ws = await client(proxy, "/ws/echo/")
+    await ws.send("x")
+    await asyncio.wait_for(ws.recv(), 5)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 10)  # say nothing: nginx gives up after 1 s
+    assert closed.value.rcvd is None  # no close frame: the client reports 1006
+    assert ws.close_code == 1006
+
+    async def counted():
+        return await total(nodes, "ws_closes_total", consumer="EchoConsumer", code="1006") == 1
+
+    await poll(counted, 10, "1006 counted by the node")
