@@ -111,7 +111,7 @@ async def gather_n(layer, channel, count):
 
 
 async def test_redis_process_buffer_overflow_is_counted(redis_url):
-    """channels_redis buffers a group message for every local member; a slow one loses the oldest."""
+    """channels_redis buffers group messages for each local member; a slow one loses the oldest."""
     prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
     layer = redis_layer(redis_url, prefix, capacity=2)
     fast, slow = await layer.new_channel(), await layer.new_channel()

@@ -56,7 +56,7 @@ async def test_two_nodes_chat_after_idling_past_redis_socket_timeout(start_daphn
     node_a, node_b = (start_daphne(env={"REDIS_URL": redis_url}, name=name) for name in names)
     room = f"/ws/chat/{unique('room')}/"
     async with client(node_a, room) as alice, client(node_b, room) as bob:
-        for server, name in zip((node_a, node_b), names):
+        for server, name in zip((node_a, node_b), names, strict=True):
             snapshot = await scrape(server)
             assert snapshot.value("ws_connections_active", consumer=CHAT) == 1
             assert snapshot.label_values("ws_connections_active", "node") == {name}

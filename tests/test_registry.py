@@ -1,4 +1,4 @@
-"""The session registry in Redis: what a consumer writes, who may read it, what the command refuses."""
+"""The session registry: what a consumer writes, who may read it, what the command refuses."""
 
 import json
 
@@ -19,7 +19,8 @@ NODE = "registry-node"
 
 @pytest.fixture
 def registry_settings(redis_url):
-    with override_settings(WSMONITOR={"NODE": NODE, "REGISTRY_URL": redis_url, "REGISTRY_TTL": 5}):
+    config = {"NODE": NODE, "REGISTRY_URL": redis_url, "REGISTRY_TTL": 5}
+    with override_settings(WSMONITOR=config):
         yield redis_url
 
 
@@ -36,10 +37,13 @@ async def test_a_session_is_registered_while_open(registry_settings):
     try:
         (entry,) = await eventually(lambda: mine(url), timeout=5, message="registered")
         assert entry["session_id"] == session_id
-        assert (entry["consumer"], entry["path"], entry["layer"]) == ("Echo", "/ws/echo/", "default")
+        assert (entry["consumer"], entry["path"]) == ("Echo", "/ws/echo/")
+        assert entry["layer"] == "default"
         assert entry["channel"].startswith("specific.") and entry["pid"] > 0
         key = registry.get_registry().key
-        ttl = registry._client(url).ttl(key)
+        redis_client = registry._client(url)
+        ttl = redis_client.ttl(key)
+        redis_client.close()
         assert 0 < ttl <= 5  # a dead process's hash expires on its own
         await communicator.disconnect(timeout=3)
         await eventually(lambda: mine(url) == [], timeout=5, message="removed on close")
@@ -84,3 +88,13 @@ def test_valid_registry_settings_pass():
     with override_settings(WSMONITOR={"REGISTRY_URL": "redis://127.0.0.1:6379/0",
                                       "REGISTRY_TTL": 30}):
         assert settings_errors() == []
+
+
+def test_multiprocess_mode_warns_about_an_export_that_never_sweeps(monkeypatch, tmp_path):
+    from wsmonitor.checks import check_multiprocess_export
+
+    assert check_multiprocess_export(None) == []  # not in multiprocess mode
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert [w.id for w in check_multiprocess_export(None)] == ["wsmonitor.W002"]  # tests.urls
+    with override_settings(ROOT_URLCONF="wsmonitor.urls"):
+        assert check_multiprocess_export(None) == []

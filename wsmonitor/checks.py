@@ -83,3 +83,28 @@ def check_prometheus_export(app_configs, **kwargs):
                  'path("", include("django_prometheus.urls")) to your URLconf.',
             id="wsmonitor.W001")]
     return []
+
+
+@register(Tags.compatibility)
+def check_multiprocess_export(app_configs, **kwargs):
+    """In multiprocess mode, /metrics must be wsmonitor's view, which sweeps dead processes."""
+    from .multiprocess import directory
+
+    if not directory():
+        return []
+    try:
+        from django.urls import resolve
+
+        from .views import metrics
+
+        match = resolve("/metrics")
+    except Exception:  # no /metrics, or a URLconf error Django reports itself
+        return []
+    if match.func is not metrics:
+        return [Warning(
+            "PROMETHEUS_MULTIPROC_DIR is set but /metrics is not wsmonitor's view, so the "
+            "connections of processes that died stay in ws_connections_active until a process "
+            "starts.",
+            hint='Replace include("django_prometheus.urls") with include("wsmonitor.urls").',
+            id="wsmonitor.W002")]
+    return []

@@ -96,7 +96,7 @@ class InstrumentedMixin:
 
     async def dispatch(self, message):
         if _layers.ENVELOPE_KEY in message:
-            # Channel-layer envelope (wsmonitor.layers): delivery time, then out of the handler's way.
+            # Channel-layer envelope (wsmonitor.layers): delivery time, then out of the way.
             message = _layers.received(message, self._wsm)
         conn = self._wsm
         if conn is None:

@@ -46,7 +46,8 @@ class Command(BaseCommand):
                          s["path"] or "", opened, f"{max(0, now - s['opened_at']):.0f}s"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            self.stdout.write("  ".join(cells).rstrip())
         self.stdout.write(f"{len(sessions)} session(s)")
 
     def close(self, session_id, code, timeout):
