@@ -74,10 +74,10 @@ def test_command_refusals(registry_settings):
 
 
 @pytest.mark.parametrize("setting, error", [
-    ({"REGISTRY_URL": "http://example.com"}, "wsmonitor.E009"),
-    ({"REGISTRY_URL": 6379}, "wsmonitor.E009"),
-    ({"REGISTRY_TTL": 1}, "wsmonitor.E010"),
-    ({"REGISTRY_TTL": "30"}, "wsmonitor.E010"),
+    ({"REGISTRY_URL": "http://example.com"}, "wsmonitor.E014"),
+    ({"REGISTRY_URL": 6379}, "wsmonitor.E014"),
+    ({"REGISTRY_TTL": 1}, "wsmonitor.E015"),
+    ({"REGISTRY_TTL": "30"}, "wsmonitor.E015"),
 ])
 def test_registry_settings_are_checked(setting, error):
     with override_settings(WSMONITOR=setting):

@@ -33,7 +33,7 @@ def envelope(event):
 
 
 def received(message, conn):
-    """Observe delivery time and return ``message`` without the envelope.
+    """Observe delivery time; return the envelope and ``message`` without it.
 
     Never mutates ``message``: channels_redis hands the same dict to every
     member of a group in one process.
@@ -46,7 +46,7 @@ def received(message, conn):
         if isinstance(sent_at, (int, float)):
             # Another host's clock may run ahead of ours: clamp, see the README.
             _metrics.delivery(m.consumer, m.node).observe(max(0.0, time.time() - sent_at))
-    return message
+    return env, message
 
 
 def _layer_metrics():
@@ -65,6 +65,10 @@ def _failed(m, kind, started, exc, target):
 
 class _Instrumented:
     """``send`` timing, outcomes and the envelope, shared by the three backends."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _layer_metrics()  # the node's series exist from the layer's creation
 
     async def send(self, channel, message):
         m = _layer_metrics()

@@ -93,6 +93,14 @@ class BoundMetrics:
         self.messages_out = MESSAGES.labels(consumer, node, "out")
         self.size_in = MESSAGE_SIZE.labels(consumer, node, "in")
         self.size_out = MESSAGE_SIZE.labels(consumer, node, "out")
+        # Start the series alerts read at 0: rate() cannot see the step of a
+        # series that first appears already at 1.
+        for code in ("1000", "1001", "1006", "1011"):
+            CLOSES.labels(consumer, node, code)
+        for reason in REJECT_REASONS:
+            CONNECTS_REJECTED.labels(consumer, node, reason)
+        for stage in ERROR_STAGES:
+            ERRORS.labels(consumer, node, stage)
 
     def closed(self, code):
         CLOSES.labels(self.consumer, self.node, close_code_label(code, self.declared)).inc()
@@ -171,6 +179,8 @@ LAYER_DROPPED = Counter(
 
 LAYER_KINDS = ("send", "group_send")
 LAYER_OUTCOMES = ("ok", "full", "error")
+LAYER_DROPS = (("send", "full"), ("group_send", "full"), ("receive", "full"),
+               ("send", "no_subscriber"))
 
 
 class LayerMetrics:
@@ -182,6 +192,8 @@ class LayerMetrics:
                       for kind in LAYER_KINDS for outcome in LAYER_OUTCOMES}
         self.seconds = {kind: LAYER_SEND_SECONDS.labels(node, kind) for kind in LAYER_KINDS}
         self.group_size = LAYER_GROUP_SIZE.labels(node)
+        for kind, reason in LAYER_DROPS:  # start at 0, so rate() sees the first loss
+            LAYER_DROPPED.labels(node, kind, reason)
 
     def sent(self, kind, outcome, seconds):
         self.sends[kind, outcome].inc()

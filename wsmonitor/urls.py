@@ -1,4 +1,4 @@
-"""``path("", include("wsmonitor.urls"))``: /metrics (instead of django_prometheus.urls)
+"""``path("", include("wsmonitor.urls"))``: /metrics (access rules; multiprocess-aware)
 and /wsmonitor/sessions (staff only)."""
 
 from django.urls import path
@@ -6,6 +6,6 @@ from django.urls import path
 from . import views
 
 urlpatterns = [
-    path("metrics", views.metrics, name="prometheus-django-metrics"),
+    path("metrics", views.metrics, name="wsmonitor-metrics"),
     path("wsmonitor/sessions", views.sessions, name="wsmonitor-sessions"),
 ]
