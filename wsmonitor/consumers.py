@@ -17,7 +17,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocke
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from . import layers as _layers
 from . import metrics as _metrics
+from . import registry as _registry
 from . import tracing
 from .conf import get_config
 from .logging import logger
@@ -25,7 +27,7 @@ from .logging import logger
 _UNSET = object()
 _STAGES = {"websocket.connect": "connect", "websocket.receive": "receive",
            "websocket.disconnect": "disconnect"}
-ENVELOPE_KEY = "_wsmonitor"  # channel-layer events: wsmonitor's own data (trace context)
+ENVELOPE_KEY = _layers.ENVELOPE_KEY  # channel-layer events: wsmonitor's own data
 
 
 class Connection:
@@ -138,6 +140,11 @@ class InstrumentedMixin:
                 self._wsm_finish(crashed)
 
     async def dispatch(self, message):
+        envelope = None
+        if ENVELOPE_KEY in message:
+            # Channel-layer envelope (wsmonitor.layers): delivery time and trace context,
+            # then out of the handlers' way.
+            envelope, message = _layers.received(message, self._wsm)
         conn = self._wsm
         if conn is None:
             return await super().dispatch(message)
@@ -156,7 +163,7 @@ class InstrumentedMixin:
             conn.code = message.get("code")
         span = None
         if conn.tracer is not None and (stage == "receive" or stage == "handler"):
-            span = self._wsm_handler_span(conn, stage, message)
+            span = self._wsm_handler_span(conn, stage, message, envelope)
         try:
             if span is None:
                 return await super().dispatch(message)
@@ -173,7 +180,7 @@ class InstrumentedMixin:
             if span is not None:
                 span.end()
 
-    def _wsm_handler_span(self, conn, stage, message):
+    def _wsm_handler_span(self, conn, stage, message, envelope=None):
         config = conn.config
         if stage == "receive":
             if not config["MESSAGE_SPANS"]:
@@ -183,7 +190,7 @@ class InstrumentedMixin:
             name, kind = f"{conn.label} receive", SpanKind.SERVER
             new_trace = config["TRACE_MODEL"] == "message"
         else:
-            parent = tracing.envelope_context(message.get(ENVELOPE_KEY))
+            parent = tracing.envelope_context(envelope)
             if parent is None:
                 return None  # only events that carry a trace continue one
             name, kind, new_trace = f"{conn.label} {message['type']}", SpanKind.CONSUMER, True
@@ -237,6 +244,7 @@ class InstrumentedMixin:
                 "ws_open", consumer=conn.label, path=self.scope.get("path"),
                 client=f"{client[0]}:{client[1]}" if client else None, subprotocol=subprotocol,
             )
+        _registry.opened(self)  # session registry (wsmonitor.registry), when configured
 
     def _wsm_rejected(self, reason):
         conn = self._wsm
@@ -259,6 +267,12 @@ class InstrumentedMixin:
         if conn.logs:
             logger.error("ws_error", stage=stage, exc_info=exc)
 
+    async def wsmonitor_close(self, event):
+        """Close this connection on request (``manage.py wsmonitor_sessions close``)."""
+        code = event.get("code", 1000)
+        if event.get("session_id") == self.session_id and _registry.valid_close_code(code):
+            await self.close(code=code)
+
     def _wsm_finish(self, crashed, shutdown=False):
         """Runs exactly once per connection: on every path out of ``__call__``, or at exit."""
         conn = self._wsm
@@ -272,6 +286,7 @@ class InstrumentedMixin:
             if conn.span is not None:
                 tracing.end_connection_span(conn.span, None, conn, (), conn.rejected)
             return
+        _registry.closed(self)
         code = conn.code
         if code is _UNSET:
             # daphne answers an application exception with 1011; a cancelled
