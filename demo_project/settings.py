@@ -55,8 +55,11 @@ if REDIS_URL:
         "BACKEND": "wsmonitor.layers.RedisPubSubChannelLayer"
         if os.environ.get("DEMO_CHANNEL_LAYER") == "pubsub" else "wsmonitor.layers.RedisChannelLayer",
         # redis-py 8's default 5 s socket timeout equals channels_redis's 5 s
-        # blocking read and kills idle consumers (channels_redis#422).
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+        # blocking read and kills idle consumers (channels_redis#422). Its pool
+        # also caps a process at 100 connections and raises MaxConnectionsError
+        # past that (a burst of 100+ concurrent group_sends does it).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None,
+                              "max_connections": 1000}]},
     }}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "wsmonitor.layers.InMemoryChannelLayer"}}
