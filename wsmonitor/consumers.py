@@ -13,7 +13,9 @@ import uuid
 
 import structlog
 from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from channels.generic.websocket import (
+    AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer, JsonWebsocketConsumer, WebsocketConsumer,
+)
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -186,7 +188,8 @@ class InstrumentedMixin:
             if not config["MESSAGE_SPANS"]:
                 return None
             parent = (tracing.message_context(message.get("text"), config["TRACEPARENT_FIELD"])
-                      if isinstance(self, AsyncJsonWebsocketConsumer) else None)
+                      if isinstance(self, (AsyncJsonWebsocketConsumer, JsonWebsocketConsumer))
+                      else None)
             name, kind = f"{conn.label} receive", SpanKind.SERVER
             new_trace = config["TRACE_MODEL"] == "message"
         else:
@@ -316,6 +319,16 @@ class InstrumentedMixin:
             )
 
 
+def _with_traceparent(conn, content):
+    """Reverse propagation: a JSON dict the server sends carries the current traceparent."""
+    if (conn is not None and conn.tracer is not None and conn.config["INJECT_TRACEPARENT"]
+            and isinstance(content, dict)):
+        carrier = tracing.inject({})
+        if "traceparent" in carrier:
+            return {**content, conn.config["TRACEPARENT_FIELD"]: carrier["traceparent"]}
+    return content
+
+
 class InstrumentedAsyncWebsocketConsumer(InstrumentedMixin, AsyncWebsocketConsumer):
     """channels' ``AsyncWebsocketConsumer`` with wsmonitor's metrics, logs and spans."""
 
@@ -324,11 +337,24 @@ class InstrumentedAsyncJsonWebsocketConsumer(InstrumentedMixin, AsyncJsonWebsock
     """channels' ``AsyncJsonWebsocketConsumer`` with wsmonitor's metrics, logs and spans."""
 
     async def send_json(self, content, close=False):
-        conn = self._wsm
-        if (conn is not None and conn.tracer is not None and conn.config["INJECT_TRACEPARENT"]
-                and isinstance(content, dict)):
-            # Reverse propagation: the client can continue the server's trace.
-            carrier = tracing.inject({})
-            if "traceparent" in carrier:
-                content = {**content, conn.config["TRACEPARENT_FIELD"]: carrier["traceparent"]}
-        await super().send_json(content, close=close)
+        await super().send_json(_with_traceparent(self._wsm, content), close=close)
+
+
+class _SyncCloseHandler:
+    """Sync consumers call handlers in a thread: the close request handler must be sync too."""
+
+    def wsmonitor_close(self, event):
+        code = event.get("code", 1000)
+        if event.get("session_id") == self.session_id and _registry.valid_close_code(code):
+            self.close(code=code)
+
+
+class InstrumentedWebsocketConsumer(_SyncCloseHandler, InstrumentedMixin, WebsocketConsumer):
+    """channels' sync ``WebsocketConsumer`` with wsmonitor's metrics, logs and spans."""
+
+
+class InstrumentedJsonWebsocketConsumer(_SyncCloseHandler, InstrumentedMixin, JsonWebsocketConsumer):
+    """channels' sync ``JsonWebsocketConsumer`` with wsmonitor's metrics, logs and spans."""
+
+    def send_json(self, content, close=False):
+        super().send_json(_with_traceparent(self._wsm, content), close=close)
