@@ -50,6 +50,12 @@ def settings_errors():
     if not (isinstance(level, str) and isinstance(logging.getLevelName(level), int)):
         errors.append(Error('WSMONITOR["LOG_LEVEL"] must be a logging level name such as "INFO".',
                             id="wsmonitor.E008"))
+    for key, check_id in (("HEARTBEAT_INTERVAL", "wsmonitor.E009"),
+                          ("HEARTBEAT_TIMEOUT", "wsmonitor.E010")):
+        value = user.get(key, DEFAULTS[key])
+        if not (type(value) in (int, float) and 0 < value < float("inf")):
+            errors.append(Error(f'WSMONITOR["{key}"] must be a positive number of seconds.',
+                                id=check_id))
     return errors
 
 

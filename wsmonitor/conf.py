@@ -26,6 +26,11 @@ DEFAULTS = {
     # Accepted connections one node is sized for; exported as the
     # ``ws_connections_capacity`` gauge for the capacity alert when set.
     "CAPACITY": None,
+    # Application heartbeat of consumers that set ``wsmonitor_heartbeat = True``:
+    # seconds between pings, and seconds a ping may stay unanswered before the
+    # connection is closed as a zombie (code 4408).
+    "HEARTBEAT_INTERVAL": 20,
+    "HEARTBEAT_TIMEOUT": 30,
 }
 
 

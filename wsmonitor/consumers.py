@@ -14,8 +14,11 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
 from . import metrics as _metrics
+from . import saturation as _saturation
 from .conf import get_config
+from .heartbeat import HeartbeatMixin, reported_reconnect_attempts
 from .logging import logger
+from .streaming import StreamingMixin
 
 _UNSET = object()
 
@@ -52,7 +55,7 @@ _STAGES = {"websocket.connect": "connect", "websocket.receive": "receive",
            "websocket.disconnect": "disconnect"}
 
 
-class InstrumentedMixin:
+class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
     """Metrics, logs and session IDs for a channels WebSocket consumer."""
 
     #: Value of the ``consumer`` label; defaults to the class name.
@@ -90,6 +93,7 @@ class InstrumentedMixin:
                     self._wsm_error("layer", exc)
                 raise
             finally:
+                self._wsm_ended()
                 self._wsm_finish(crashed)
 
     async def dispatch(self, message):
@@ -99,6 +103,8 @@ class InstrumentedMixin:
         kind = message["type"]
         stage = _STAGES.get(kind, "handler")
         if stage == "receive":
+            if self._wsm_heartbeat is not None and self._wsm_heartbeat.absorb(message):
+                return  # a heartbeat pong: not the application's, not a counted message
             size = _payload_size(message)
             conn.messages_in += 1
             conn.bytes_in += size
@@ -168,6 +174,29 @@ class InstrumentedMixin:
                 path=self.scope.get("path"), client=f"{client[0]}:{client[1]}" if client else None,
                 subprotocol=message.get("subprotocol"),
             )
+        self._wsm_opened()
+
+    # --- Heartbeat, reconnect reports, saturation sampler (issue 5) ----------------
+    _wsm_sampling = False
+
+    def _wsm_opened(self):
+        """The accept went out: start what lives as long as the connection."""
+        conn = self._wsm
+        _saturation.acquire()
+        self._wsm_sampling = True
+        attempts = reported_reconnect_attempts(self.scope)
+        if attempts is not None and conn.metrics is not None:
+            _metrics.count_reconnect(conn.metrics.consumer, attempts)
+        self._wsm_heartbeat_start(conn.asgi_send, conn.metrics, conn.logs,
+                                  closed=lambda: conn.code is not _UNSET)
+
+    def _wsm_ended(self):
+        """Every path out of ``__call__``: stop the heartbeat task and release the sampler."""
+        self._wsm_heartbeat_stop()
+        if self._wsm_sampling:
+            self._wsm_sampling = False
+            _saturation.release()
+    # --- end of issue 5 block -------------------------------------------------------
 
     def _wsm_rejected(self, reason):
         conn = self._wsm
