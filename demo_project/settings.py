@@ -63,6 +63,9 @@ WSMONITOR = {
     "LOG_FORMAT": os.environ.get("WSMONITOR_LOG_FORMAT", "json"),
     "CLOSE_CODES": {4000: "chat room is full"},
     "CAPACITY": 10000,
+    # The tests shorten these through the environment.
+    "HEARTBEAT_INTERVAL": float(os.environ.get("WSMONITOR_HEARTBEAT_INTERVAL", "20")),
+    "HEARTBEAT_TIMEOUT": float(os.environ.get("WSMONITOR_HEARTBEAT_TIMEOUT", "30")),
 }
 
 # Django's own records go through wsmonitor's structlog handler on the root
