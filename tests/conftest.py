@@ -44,8 +44,8 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
 class Daphne:
     """A real daphne process serving the demo project on a loopback port."""
 
-    def __init__(self, tmp_path, env=None, args=(), name="live"):
-        self.port = free_port()
+    def __init__(self, tmp_path, env=None, args=(), name="live", port=None):
+        self.port = port or free_port()  # a port: restart a server where clients expect it
         self.log_path = tmp_path / f"daphne-{name}-{self.port}.log"
         full_env = {**os.environ, "DEMO_DB": str(tmp_path / "demo.sqlite3"),
                     "WSMONITOR_NODE": name, "PYTHONUNBUFFERED": "1",

@@ -6,6 +6,9 @@ import logging
 
 import pytest
 from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from wsmonitor.checks import check_settings
 
 from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer, InstrumentedAsyncWebsocketConsumer
 from wsmonitor import saturation
@@ -242,3 +245,29 @@ async def test_event_loop_lag_shows_a_handler_that_blocks_the_loop(monkeypatch):
                      > above_quarter_second(before), timeout=3, message="lag > 0.25 s observed")
     await communicator.disconnect(timeout=3)
     assert above_quarter_second(MetricsSnapshot.collect()) == above_quarter_second(before) + 1
+
+
+@pytest.mark.parametrize("value, expected", [
+    ({"HEARTBEAT_INTERVAL": 5, "HEARTBEAT_TIMEOUT": 7.5}, []),
+    ({"HEARTBEAT_INTERVAL": 0}, ["wsmonitor.E009"]),
+    ({"HEARTBEAT_INTERVAL": "20"}, ["wsmonitor.E009"]),
+    ({"HEARTBEAT_INTERVAL": True}, ["wsmonitor.E009"]),
+    ({"HEARTBEAT_TIMEOUT": -1}, ["wsmonitor.E010"]),
+    ({"HEARTBEAT_TIMEOUT": float("inf")}, ["wsmonitor.E010"]),
+])
+def test_heartbeat_settings_are_checked(value, expected):
+    with override_settings(WSMONITOR=value):
+        errors = check_settings(None)
+    assert [error.id for error in errors] == expected
+    for error in errors:
+        assert "HEARTBEAT_" in error.msg
+
+
+async def test_a_bad_heartbeat_attribute_fails_loudly():
+    class Broken(JsonBeat):
+        wsmonitor_heartbeat = 0
+
+    communicator = WebsocketCommunicator(Broken.as_asgi(), "/ws/broken/")
+    await communicator.connect(timeout=3)
+    with pytest.raises(Exception, match="wsmonitor_heartbeat must be a positive number"):
+        await communicator.wait(timeout=3)

@@ -51,8 +51,9 @@ async def test_a_client_that_stops_reading_shows_in_backlog_and_rtt_and_a_zombie
                                > 1_000_000 and s, message="send backlog above 1 MB")
     assert stalled.value("ws_send_backlog_connections") == 1
     pings = stream_value(stalled, "ws_heartbeat_pings_total")
-    # Pings keep going out behind the unsent data: wait for 4 more (>= 1.2 s of stall).
-    await eventually(lambda: stream_value(server.scrape(), "ws_heartbeat_pings_total") >= pings + 4)
+    # Pings keep going out behind the unsent data: wait for 6 more, so the first of them has
+    # waited at least 5 x 0.3 s when the reader resumes.
+    await eventually(lambda: stream_value(server.scrape(), "ws_heartbeat_pings_total") >= pings + 6)
     assert stream_value(server.scrape(), "ws_heartbeat_rtt_seconds_count") == \
         stream_value(before, "ws_heartbeat_rtt_seconds_count")  # no pong while stalled
 

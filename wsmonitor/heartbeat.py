@@ -22,6 +22,8 @@ import time
 from collections import deque
 from urllib.parse import parse_qsl
 
+from django.core.exceptions import ImproperlyConfigured
+
 from . import metrics as _metrics
 from .conf import get_config
 from .logging import logger
@@ -188,6 +190,12 @@ class HeartbeatMixin:
         if interval is True:
             interval = config["HEARTBEAT_INTERVAL"]
         timeout = self.wsmonitor_heartbeat_timeout or config["HEARTBEAT_TIMEOUT"]
+        for name, value in (("wsmonitor_heartbeat", interval),
+                            ("wsmonitor_heartbeat_timeout", timeout)):
+            if not (type(value) in (int, float) and 0 < value < float("inf")):
+                raise ImproperlyConfigured(
+                    f"{type(self).__name__}.{name} must be a positive number of seconds "
+                    f"(or True for the WSMONITOR default), not {value!r}.")
         label = self.wsmonitor_label or type(self).__name__
         self._wsm_heartbeat = heartbeat = Heartbeat(
             send, interval, timeout, self.wsmonitor_heartbeat_required,
