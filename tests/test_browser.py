@@ -70,7 +70,8 @@ async def test_two_pages_chat_heartbeat_close_1001_and_a_counted_reconnect(
     assert TRACEPARENT.match(re.search(r"traceparent=([^&]+)", alice_sockets[0].url).group(1))
     message = next(json.loads(f) for f in sent_frames if "hello from alice" in f)
     assert TRACEPARENT.match(message["traceparent"])
-    assert any(json.loads(f).get("type") == "wsmonitor.pong" for f in sent_frames)
+    await eventually(lambda: any(json.loads(f).get("type") == "wsmonitor.pong" for f in sent_frames),
+                     message="a pong frame from alice's page")
 
     await alice.close()  # the browser says "going away"
     await eventually(lambda: chat(server.scrape(), "ws_closes_total", code="1001") == 1,

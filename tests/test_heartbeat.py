@@ -271,3 +271,51 @@ async def test_a_bad_heartbeat_attribute_fails_loudly():
     await communicator.connect(timeout=3)
     with pytest.raises(Exception, match="wsmonitor_heartbeat must be a positive number"):
         await communicator.wait(timeout=3)
+
+
+class SlowGroupMember(InstrumentedAsyncWebsocketConsumer):
+    gate = None
+
+    async def connect(self):
+        opened.append(self)
+        await self.accept()
+
+    async def work(self, event):
+        await type(self).gate.wait()  # a handler slower than its traffic
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_channel_layer_backlog_shows_messages_waiting_for_a_slow_consumer(
+        backend, request, monkeypatch):
+    import uuid
+
+    from channels.layers import get_channel_layer
+
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {
+            "hosts": [{"address": url, "socket_timeout": None}],
+            "prefix": f"wsmtest-{uuid.uuid4().hex[:8]}"}}}
+    else:
+        layers = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    monkeypatch.setattr(saturation, "SAMPLE_INTERVAL", 0.05)
+    SlowGroupMember.gate = asyncio.Event()
+
+    def waiting():
+        return MetricsSnapshot.collect().value(
+            "ws_channel_layer_backlog_messages", node=NODE, alias="default")
+
+    with override_settings(CHANNEL_LAYERS=layers):
+        layer = get_channel_layer()
+        opened.clear()
+        communicator = await open_ws(SlowGroupMember)
+        channel = opened[0].channel_name
+        for _ in range(30):
+            await layer.send(channel, {"type": "work"})
+        # One message is being handled; the other 29 wait for this process.
+        await eventually(lambda: waiting() == 29, timeout=5, message="29 messages waiting")
+        SlowGroupMember.gate.set()
+        await eventually(lambda: waiting() == 0, timeout=5, message="backlog drained")
+        await communicator.disconnect(timeout=3)
+        if backend == "redis":
+            await layer.close_pools()

@@ -69,6 +69,9 @@ async def test_a_client_that_stops_reading_shows_in_backlog_and_rtt_and_a_zombie
     after = await eventually(lambda: (s := server.scrape()) and stream_value(
         s, "ws_closes_total", code="1000") == 1 and s, message="slow reader's close counted")
     assert stream_value(after, "ws_heartbeat_timeouts_total") == 0
+    # The demo's answer went through self.stream("answer"): one stream of 2000 chunks.
+    assert stream_value(after, "ws_stream_chunks_sum", stream="answer") == CHUNKS
+    assert stream_value(after, "ws_streams_total", stream="answer", outcome="ok") == 1
 
     # 2. A zombie: answers once, then never reads again. Closed with 4408 after 3 s.
     zombie = await connect(server.ws_url("/ws/stream/"), origin=origin, max_queue=4,

@@ -174,6 +174,11 @@ SEND_BACKLOG_CONNECTIONS = Gauge(
     "WebSocket connections with data waiting in the server's user-space write buffers.",
     ("node",), multiprocess_mode="livesum",
 )
+LAYER_BACKLOG = Gauge(
+    "ws_channel_layer_backlog_messages",
+    "Messages waiting for this process in a channel layer (where the layer can tell).",
+    ("node", "alias"), multiprocess_mode="livesum",
+)
 
 STREAM_FIRST_CHUNK = Histogram(
     "ws_stream_first_chunk_seconds", "Time from the start of a stream to its first chunk.",

@@ -11,6 +11,13 @@ a process with no WebSocket connections runs nothing. Each tick it records:
   that wait in Twisted's unbounded user-space write buffers because the kernel
   socket buffer is full: the server-side twin of a browser's ``bufferedAmount``.
   A client that stops reading makes them grow. Outside Twisted they stay absent.
+* ``ws_channel_layer_backlog_messages``: messages waiting for this process in each
+  channel layer it has instantiated, where the layer can tell: channels_redis's
+  RedisChannelLayer (ZCARD of the process's one Redis key, plus what it already
+  pulled into its local buffer) and channels' InMemoryChannelLayer (its queues).
+  A consumer too slow for its group traffic makes it grow, up to the capacity
+  past which ``group_send`` silently drops. RedisPubSubChannelLayer stores nothing
+  to count, so it is absent.
 """
 
 import asyncio
@@ -37,6 +44,7 @@ class _Sampler:
         backlog_bytes = _metrics.SEND_BACKLOG_BYTES.labels(node)
         backlog_connections = _metrics.SEND_BACKLOG_CONNECTIONS.labels(node)
         loop = self.loop
+        layers = set()
         try:
             while True:
                 interval = SAMPLE_INTERVAL
@@ -47,10 +55,18 @@ class _Sampler:
                 if backlog is not None:
                     backlog_bytes.set(sum(backlog.values()))
                     backlog_connections.set(len(backlog))
+                for alias, waiting in (await layer_backlog()).items():
+                    _metrics.LAYER_BACKLOG.labels(node, alias).set(waiting)
+                    layers.add(alias)
         finally:
             # Nothing is measured once the last connection has gone.
             backlog_bytes.set(0)
             backlog_connections.set(0)
+            for alias in layers:
+                try:
+                    _metrics.LAYER_BACKLOG.remove(node, alias)
+                except KeyError:
+                    pass
 
 
 def acquire():
@@ -132,3 +148,27 @@ def connection_backlog(client):
     if backlog is None or not client:
         return None
     return backlog.get((client[0], client[1]), 0)
+
+
+async def layer_backlog():
+    """``{alias: messages waiting for this process}`` for the instantiated layers that can tell."""
+    try:
+        from channels.layers import channel_layers
+    except ImportError:  # pragma: no cover
+        return {}
+    result = {}
+    for alias, layer in list(channel_layers.backends.items()):
+        try:
+            if hasattr(layer, "client_prefix") and hasattr(layer, "consistent_hash"):
+                # channels_redis: every specific channel of this process shares one key.
+                name = f"specific.{layer.client_prefix}!"
+                connection = layer.connection(layer.consistent_hash(name))
+                waiting = await asyncio.wait_for(connection.zcard(layer.prefix + name), 1)
+                buffered = getattr(layer, "receive_buffer", {})
+                result[alias] = waiting + sum(queue.qsize() for queue in list(buffered.values()))
+            elif isinstance(getattr(layer, "channels", None), dict):
+                # channels' InMemoryChannelLayer: one queue per channel, all in this process.
+                result[alias] = sum(queue.qsize() for queue in list(layer.channels.values()))
+        except Exception:  # a sample lost is better than a sampler dead
+            continue
+    return result
