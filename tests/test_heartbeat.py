@@ -319,3 +319,31 @@ async def test_channel_layer_backlog_shows_messages_waiting_for_a_slow_consumer(
         await communicator.disconnect(timeout=3)
         if backend == "redis":
             await layer.close_pools()
+
+
+async def test_pong_bookkeeping_lost_late_duplicate_and_forged_pongs():
+    from wsmonitor.heartbeat import MAX_PENDING, Heartbeat
+
+    sent = []
+
+    async def send(message):
+        sent.append(message["text"])
+
+    beat = Heartbeat(send, 1, 10, False, None, None, False, lambda: False, None)
+    for now in (1.0, 2.0, 3.0):
+        await beat._ping(now)
+    assert sent[0] == '{"type":"wsmonitor.ping","id":1}'
+    assert not beat.enforcing and beat.unanswered_since == 1.0
+    beat.pong(2)  # ping 1 was lost: answering 2 settles both
+    assert beat.enforcing and beat.last_answered == 2 and beat.unanswered_since == 3.0
+    beat.pong(1)  # late / duplicate: ignored
+    beat.pong(99)  # never sent: ignored
+    beat.pong("3")  # not an int: ignored
+    assert beat.answered == 1 and beat.unanswered_since == 3.0
+    assert beat.absorb({"type": "websocket.receive", "text": '{"type":"wsmonitor.pong","id":3}'})
+    assert beat.answered == 2 and beat.unanswered_since is None and not beat.pending
+    for now in range(MAX_PENDING + 5):
+        await beat._ping(100.0 + now)
+    assert len(beat.pending) == MAX_PENDING and beat.unanswered_since == 100.0
+    beat.pong(4)  # too old to remember its send time, but proof of life
+    assert beat.answered == 3 and beat.unanswered_since == beat.pending[0][1]

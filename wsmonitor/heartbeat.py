@@ -54,6 +54,7 @@ class Heartbeat:
         self.unanswered_since = None  # when the oldest unanswered ping went out
         self.answered = 0
         self.last_answered = 0  # id of the newest ping answered
+        self.peer = None  # the client (host, port), for the send backlog in the timeout log
         self.task = None
 
     def start(self):
@@ -121,8 +122,6 @@ class Heartbeat:
             )
         await self.close(_metrics.HEARTBEAT_TIMEOUT_CODE)
 
-    peer = None  # the client (host, port), for the backlog in the timeout log
-
     def absorb(self, message):
         """If ``message`` is a pong, record it and return True: it must not reach the application."""
         text = message.get("text")
@@ -153,18 +152,17 @@ class Heartbeat:
         if type(ident) is not int or not 0 < ident <= self.seq:
             return  # not an answer to any ping of ours: swallowed, proves nothing
         pending = self.pending
-        if pending and pending[0][0] > ident:
-            pass  # answers a ping too old to remember: alive, no RTT
-        else:
-            while pending and pending[0][0] < ident:
-                pending.popleft()  # never answered: lost or skipped by the client
-            if not pending or pending[0][0] != ident:
-                return  # a duplicate or late pong for a ping already settled
+        while pending and pending[0][0] < ident:
+            pending.popleft()  # never answered: lost, or skipped by the client
+        if pending and pending[0][0] == ident:
             _, sent = pending.popleft()
             if self.metrics is not None:
                 self.metrics.rtt.observe(now - sent)
+        elif ident <= self.last_answered:
+            return  # a duplicate
+        # else: a ping too old to remember (MAX_PENDING): alive, but no RTT to observe
         self.answered += 1
-        self.last_answered = max(self.last_answered, ident)
+        self.last_answered = ident
         self.unanswered_since = pending[0][1] if pending else None
 
 
