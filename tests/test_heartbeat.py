@@ -249,11 +249,11 @@ async def test_event_loop_lag_shows_a_handler_that_blocks_the_loop(monkeypatch):
 
 @pytest.mark.parametrize("value, expected", [
     ({"HEARTBEAT_INTERVAL": 5, "HEARTBEAT_TIMEOUT": 7.5}, []),
-    ({"HEARTBEAT_INTERVAL": 0}, ["wsmonitor.E009"]),
-    ({"HEARTBEAT_INTERVAL": "20"}, ["wsmonitor.E009"]),
-    ({"HEARTBEAT_INTERVAL": True}, ["wsmonitor.E009"]),
-    ({"HEARTBEAT_TIMEOUT": -1}, ["wsmonitor.E010"]),
-    ({"HEARTBEAT_TIMEOUT": float("inf")}, ["wsmonitor.E010"]),
+    ({"HEARTBEAT_INTERVAL": 0}, ["wsmonitor.E014"]),
+    ({"HEARTBEAT_INTERVAL": "20"}, ["wsmonitor.E014"]),
+    ({"HEARTBEAT_INTERVAL": True}, ["wsmonitor.E014"]),
+    ({"HEARTBEAT_TIMEOUT": -1}, ["wsmonitor.E015"]),
+    ({"HEARTBEAT_TIMEOUT": float("inf")}, ["wsmonitor.E015"]),
 ])
 def test_heartbeat_settings_are_checked(value, expected):
     with override_settings(WSMONITOR=value):
