@@ -77,6 +77,9 @@ WSMONITOR = {
     # Session registry: `manage.py wsmonitor_sessions list` / `close <id> --code 4000`.
     "REGISTRY_URL": REDIS_URL,
     "REGISTRY_TTL": int(os.environ.get("WSMONITOR_REGISTRY_TTL", "30")),
+    # The tests shorten these through the environment.
+    "HEARTBEAT_INTERVAL": float(os.environ.get("WSMONITOR_HEARTBEAT_INTERVAL", "20")),
+    "HEARTBEAT_TIMEOUT": float(os.environ.get("WSMONITOR_HEARTBEAT_TIMEOUT", "30")),
 }
 
 # Django's own records go through wsmonitor's structlog handler on the root

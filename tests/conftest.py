@@ -45,8 +45,8 @@ class Daphne:
     """A real daphne process serving the demo project on a loopback port."""
 
     def __init__(self, tmp_path, env=None, args=(), name="live",
-                 app="demo_project.asgi:application"):
-        self.port = free_port()
+                 app="demo_project.asgi:application", port=None):
+        self.port = port or free_port()  # a port: restart a server where clients expect it
         self.log_path = tmp_path / f"daphne-{name}-{self.port}.log"
         full_env = {**os.environ, "DEMO_DB": str(tmp_path / "demo.sqlite3"),
                     "WSMONITOR_NODE": name, "PYTHONUNBUFFERED": "1",

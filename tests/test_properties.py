@@ -18,7 +18,7 @@ from . import consumers
 CONSUMERS = {"Echo": consumers.Echo, "FlakyEcho": consumers.FlakyEcho,
              "SyncEcho": consumers.SyncEcho}
 DECLARED = frozenset({4001})
-ALLOWED_CODES = {str(c) for c in range(1000, 1016)} | {"4001", "3xxx", "4xxx", "invalid"}
+ALLOWED_CODES = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "3xxx", "4xxx", "invalid"}
 close_codes = st.one_of(
     st.none(), st.sampled_from([1000, 1001, 1006, 1011, 1012, 4001, 4000, 3000]),
     st.integers(min_value=-5, max_value=70000),

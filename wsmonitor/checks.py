@@ -79,6 +79,12 @@ def settings_errors():
     if token is not None and not (isinstance(token, str) and len(token) >= 16):
         errors.append(Error('WSMONITOR["METRICS_TOKEN"] must be a string of at least 16 '
                             "characters, or None.", id="wsmonitor.E013"))
+    for key, check_id in (("HEARTBEAT_INTERVAL", "wsmonitor.E016"),
+                          ("HEARTBEAT_TIMEOUT", "wsmonitor.E017")):
+        value = user.get(key, DEFAULTS[key])
+        if not (type(value) in (int, float) and 0 < value < float("inf")):
+            errors.append(Error(f'WSMONITOR["{key}"] must be a positive number of seconds.',
+                                id=check_id))
     errors.extend(_registry_errors(user))
     return errors
 

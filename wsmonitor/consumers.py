@@ -22,9 +22,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import layers as _layers
 from . import metrics as _metrics
 from . import registry as _registry
+from . import saturation as _saturation
 from . import tracing
 from .conf import get_config
+from .heartbeat import HeartbeatMixin, reported_reconnect_attempts
 from .logging import logger
+from .streaming import StreamingMixin
 
 _UNSET = object()
 _STAGES = {"websocket.connect": "connect", "websocket.receive": "receive",
@@ -93,7 +96,7 @@ def _switch(consumer_value, setting):
     return setting if consumer_value is None else consumer_value
 
 
-class InstrumentedMixin:
+class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
     """Metrics, logs, spans and session IDs for a channels WebSocket consumer."""
 
     #: Value of the ``consumer`` label; defaults to the class name.
@@ -139,6 +142,7 @@ class InstrumentedMixin:
                     self._wsm_error("layer", exc)
                 raise
             finally:
+                self._wsm_ended()
                 self._wsm_finish(crashed)
 
     async def dispatch(self, message):
@@ -154,6 +158,8 @@ class InstrumentedMixin:
         m = conn.metrics
         started = None
         if stage == "receive":
+            if self._wsm_heartbeat is not None and self._wsm_heartbeat.absorb(message):
+                return  # a heartbeat pong: not the application's, not a counted message
             size = _payload_size(message)
             conn.messages_in += 1
             conn.bytes_in += size
@@ -248,6 +254,29 @@ class InstrumentedMixin:
                 client=f"{client[0]}:{client[1]}" if client else None, subprotocol=subprotocol,
             )
         _registry.opened(self)  # session registry (wsmonitor.registry), when configured
+        self._wsm_opened()
+
+    # --- Heartbeat, reconnect reports, saturation sampler (issue 5) ----------------
+    _wsm_sampling = False
+
+    def _wsm_opened(self):
+        """The accept went out: start what lives as long as the connection."""
+        conn = self._wsm
+        _saturation.acquire()
+        self._wsm_sampling = True
+        attempts = reported_reconnect_attempts(self.scope)
+        if attempts is not None and conn.metrics is not None:
+            _metrics.count_reconnect(conn.metrics.consumer, attempts)
+        self._wsm_heartbeat_start(conn.asgi_send, conn.metrics, conn.logs,
+                                  closed=lambda: conn.code is not _UNSET)
+
+    def _wsm_ended(self):
+        """Every path out of ``__call__``: stop the heartbeat task and release the sampler."""
+        self._wsm_heartbeat_stop()
+        if self._wsm_sampling:
+            self._wsm_sampling = False
+            _saturation.release()
+    # --- end of issue 5 block -------------------------------------------------------
 
     def _wsm_rejected(self, reason):
         conn = self._wsm
