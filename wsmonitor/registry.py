@@ -51,7 +51,10 @@ class ProcessRegistry:
             self._kick()
 
     def _kick(self):
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # at process exit: the process's hash expires on its own
         if self.loop is not loop or self.task.done():
             # First session on this event loop (tests run one loop per test).
             self.loop, self.wake, self.full = loop, asyncio.Event(), True
