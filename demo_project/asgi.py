@@ -14,8 +14,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from demo_project.routing import websocket_urlpatterns  # noqa: E402
+from wsmonitor import WSMonitorMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": ASGIStaticFilesHandler(django_asgi_app),  # the demo serves wsmonitor.js itself
-    "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+    # The middleware counts handshakes refused before any consumer runs (unknown
+    # path, foreign origin) under consumer="websocket"; the consumers count the rest.
+    "websocket": WSMonitorMiddleware(AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))),
 })

@@ -139,19 +139,24 @@ async def test_hostile_strings_stay_inside_one_json_log_line(server):
     assert any(e.get("event") == "ws_open" and "\n" in e.get("path", "") for e in events)
 
 
-async def test_unrouted_paths_and_refused_origins_never_reach_a_consumer(server):
+async def test_unrouted_paths_and_refused_origins_are_counted_by_the_middleware(server):
     before = server.scrape()
-    with pytest.raises(InvalidStatus):
+    with pytest.raises(InvalidStatus) as refused:
         async with connect(server.ws_url("/ws/echo/"), origin="http://evil.example",
                            open_timeout=5):
             pass
-    with pytest.raises((InvalidStatus, ConnectionClosed)):
-        async with client(server, "/ws/nowhere/") as ws:
-            await asyncio.wait_for(ws.recv(), 5)
+    assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as refused:
+        async with client(server, "/ws/nowhere/"):
+            pass
+    assert refused.value.response.status_code == 500  # daphne's answer to URLRouter's ValueError
     after = server.scrape()
-    # No consumer ran, so nothing is counted by the consumer classes (see issue 9's middleware).
+    labels = {"consumer": "websocket"}  # no consumer ran: the middleware's label
+    for reason in ("denied", "no_route"):
+        assert after.value("ws_connects_rejected_total", reason=reason, **labels) == before.value(
+            "ws_connects_rejected_total", reason=reason, **labels) + 1
     assert after.value("ws_connects_total") == before.value("ws_connects_total")
-    assert after.value("ws_connects_rejected_total") == before.value("ws_connects_rejected_total")
+    assert after.value("ws_errors_total", **labels) == before.value("ws_errors_total", **labels)
 
 
 async def test_a_client_that_never_completes_the_handshake(server):

@@ -3,12 +3,16 @@
 __version__ = "0.1.0"
 __all__ = [
     "InstrumentedAsyncWebsocketConsumer", "InstrumentedAsyncJsonWebsocketConsumer",
-    "InstrumentedWebsocketConsumer", "InstrumentedJsonWebsocketConsumer",
+    "InstrumentedWebsocketConsumer", "InstrumentedJsonWebsocketConsumer", "WSMonitorMiddleware",
 ]
 
 
 def __getattr__(name):
     # Lazy, so importing wsmonitor does not import channels before Django is set up.
+    if name == "WSMonitorMiddleware":
+        from .middleware import WSMonitorMiddleware
+
+        return WSMonitorMiddleware
     if name in __all__:
         from . import consumers
 

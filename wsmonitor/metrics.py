@@ -58,6 +58,9 @@ CAPACITY = Gauge(
 
 REJECT_REASONS = frozenset({"denied", "error", "abandoned"})
 ERROR_STAGES = frozenset({"connect", "receive", "disconnect", "send", "handler", "layer"})
+# Only WSMonitorMiddleware, which sees what happens before (or without) a consumer, uses these.
+MIDDLEWARE_REJECT_REASONS = frozenset({"no_route"})
+MIDDLEWARE_ERROR_STAGES = frozenset({"application"})
 
 
 def close_code_label(code, declared=frozenset()):
@@ -104,6 +107,13 @@ class BoundMetrics:
 
     def closed(self, code):
         CLOSES.labels(self.consumer, self.node, close_code_label(code, self.declared)).inc()
+
+    def prime_middleware(self):
+        """Start the middleware-only series at 0 too."""
+        for reason in MIDDLEWARE_REJECT_REASONS:
+            CONNECTS_REJECTED.labels(self.consumer, self.node, reason)
+        for stage in MIDDLEWARE_ERROR_STAGES:
+            ERRORS.labels(self.consumer, self.node, stage)
 
     def rejected(self, reason):
         CONNECTS_REJECTED.labels(self.consumer, self.node, reason).inc()

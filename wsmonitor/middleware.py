@@ -1,0 +1,70 @@
+"""ASGI middleware: the same books for WebSocket applications wsmonitor's consumers do not run.
+
+    application = ProtocolTypeRouter({
+        "websocket": WSMonitorMiddleware(AllowedHostsOriginValidator(URLRouter(routes))),
+    })
+
+It counts handshakes that fail before any consumer runs (no route, an origin
+refused, an exception in middleware) and instruments third-party consumers.
+An instrumented consumer inside adopts the middleware's connection, so each
+socket is counted once, under that consumer's label.
+"""
+
+import asyncio
+
+from . import tracing
+from .conf import get_config
+from .connection import Connection
+
+
+class WSMonitorMiddleware:
+    """Instrument every WebSocket connection that passes through ``app``."""
+
+    def __init__(self, app, label="websocket"):
+        self.app = app
+        self.label = label  # the ``consumer`` label of what no instrumented consumer adopts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "websocket":
+            return await self.app(scope, receive, send)
+        config = get_config()
+        tracer = tracing.get_tracer() if config["TRACING"] else None
+        if not (config["METRICS"] or config["LOGS"] or tracer):
+            return await self.app(scope, receive, send)
+        scope = dict(scope)
+        conn = Connection(scope, self.label, config, send, config["METRICS"], config["LOGS"],
+                          tracer)
+        if conn.metrics is not None:
+            conn.metrics.prime_middleware()
+        # A dict, not copied by channels' scope copies: the consumer inside finds it.
+        scope["wsmonitor"] = {"connection": conn, "session_id": conn.session_id}
+
+        async def counting_receive():
+            message = await receive()
+            if not conn.adopted:
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    conn.received(message)
+                elif kind == "websocket.disconnect":
+                    conn.disconnected(message.get("code"))
+            return message
+
+        crashed = reason = None
+        with conn.current():
+            try:
+                await self.app(scope, counting_receive, conn.send)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                crashed = exc
+                if conn.adopted:
+                    raise  # the consumer counted it
+                if conn.accepted_at is not None:
+                    conn.error("application", exc)
+                elif isinstance(exc, ValueError) and "No route found" in str(exc):
+                    reason = "no_route"  # channels' URLRouter: a refusal, not an app error
+                else:
+                    conn.error("connect", exc)
+                raise
+            finally:
+                conn.finish(crashed, reject_reason=reason)
