@@ -51,8 +51,7 @@ def exported_metric_names():
     from prometheus_client import REGISTRY
 
     names = set()
-    wsmonitor_families()  # imports wsmonitor.metrics
-    for name, kind in wsmonitor_families().items():
+    for name, kind in wsmonitor_families().items():  # imports wsmonitor.metrics first
         names.update(name + suffix for suffix in SUFFIXES.get(kind, ("",)))
     for family in REGISTRY.collect():
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
