@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 import yaml
@@ -13,18 +14,6 @@ from .conftest import ROOT, need
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "wsmonitor-dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
-
-# The metric contract, used only when wsmonitor.metrics cannot be imported.
-FALLBACK_EXPORTED = {
-    "ws_connections_active", "ws_connections_capacity", "ws_connects_total",
-    "ws_connects_rejected_total", "ws_closes_total", "ws_messages_total",
-    "ws_errors_total",
-    *(f"{name}_{suffix}" for name in (
-        "ws_message_size_bytes", "ws_connection_duration_seconds", "ws_message_handling_seconds")
-      for suffix in ("bucket", "count", "sum")),
-    "process_open_fds", "process_max_fds", "process_resident_memory_bytes",
-    "process_cpu_seconds_total",
-}
 
 SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -38,14 +27,32 @@ KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_lef
             "group_right", "offset", "bool", "inf", "nan", "atan2"}
 
 
+def wsmonitor_families():
+    """{name: type} of every ``ws_*`` metric family wsmonitor exports.
+
+    The instruments ``wsmonitor.metrics`` registers in the default registry, plus the
+    families of :class:`wsmonitor.multiprocess.ProcessFdsCollector`, which only
+    wsmonitor's multiprocess ``/metrics`` view registers (in its per-scrape registry).
+    """
+    import wsmonitor.metrics  # noqa: F401  (registers the instruments)
+    from prometheus_client import REGISTRY
+    from wsmonitor.multiprocess import ProcessFdsCollector
+
+    families = {family.name: family.type for family in REGISTRY.collect()
+                if family.name.startswith("ws_")}
+    with tempfile.TemporaryDirectory() as empty:
+        families.update((family.name, family.type)
+                        for family in ProcessFdsCollector(empty, "node").collect())
+    return families
+
+
 def exported_metric_names():
-    """Sample names in the default registry once wsmonitor.metrics is imported."""
-    try:
-        import wsmonitor.metrics  # noqa: F401  (registers the instruments)
-        from prometheus_client import REGISTRY
-    except ImportError:
-        return set(FALLBACK_EXPORTED)
+    """Sample names wsmonitor and prometheus_client's default collectors export."""
+    from prometheus_client import REGISTRY
+
     names = set()
+    for name, kind in wsmonitor_families().items():  # imports wsmonitor.metrics first
+        names.update(name + suffix for suffix in SUFFIXES.get(kind, ("",)))
     for family in REGISTRY.collect():
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
@@ -108,7 +115,8 @@ def test_panels_only_name_exported_metrics_or_recording_rules():
     assert recorded - used == set()
 
 
-def test_every_ws_metric_has_a_panel():
+def panel_series():
+    """Series the panels read: named directly, or read by a recording rule a panel uses."""
     used = set().union(*(metric_names_in(expr) for _, expr in queries()))
     recorded_exprs = {
         rule["record"]: rule["expr"]
@@ -118,9 +126,26 @@ def test_every_ws_metric_has_a_panel():
     underlying = set(used)
     for name in used & recorded_exprs.keys():
         underlying |= metric_names_in(recorded_exprs[name])
-    contract = {name for name in FALLBACK_EXPORTED if name.startswith("ws_")
-                and not name.endswith(("_count", "_sum"))} | {"process_max_fds"}
-    assert contract - underlying == set()
+    return underlying
+
+
+# The sample a panel has to read for a family to count as shown: a counter's rate, a
+# histogram's buckets (its quantiles; _count or _sum alone hide the distribution).
+SHOWN_BY = {"counter": "_total", "histogram": "_bucket", "gauge": ""}
+
+
+def test_every_ws_metric_family_has_a_panel():
+    families = wsmonitor_families()
+    # Not vacuous: the families of every part of wsmonitor are there.
+    assert {"ws_connections_active", "ws_heartbeat_rtt_seconds", "ws_layer_sends",
+            "ws_send_backlog_bytes", "ws_streams", "ws_process_open_fds",
+            "ws_process_start_time_seconds"} <= families.keys()
+    underlying = panel_series()
+    missing = sorted(name + SHOWN_BY[kind] for name, kind in families.items()
+                     if name + SHOWN_BY[kind] not in underlying)
+    assert not missing, f"wsmonitor metrics without a dashboard panel: {missing}"
+    # prometheus_client's process collector, for the single-process file-descriptor panels.
+    assert {"process_open_fds", "process_max_fds"} <= underlying
 
 
 def test_dashboard_is_importable_and_templated():

@@ -113,8 +113,29 @@ async def until(prom, expr, by, expected, timeout=15):
                              f"{prom.log()}") from None
 
 
+class ChatClient:
+    """A chat member that answers wsmonitor heartbeat pings, as wsmonitor.js does."""
+
+    def __init__(self, ws):
+        self.ws, self.messages = ws, []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self):
+        async for raw in self.ws:
+            data = json.loads(raw)
+            if data.get("type") == "wsmonitor.ping":
+                await self.ws.send(json.dumps({"type": "wsmonitor.pong", "id": data["id"]}))
+            else:
+                self.messages.append(data)
+
+    async def close(self):
+        await self.ws.close()
+        await asyncio.wait_for(self.task, 5)
+
+
 async def test_prometheus_answers_what_the_clients_did(start_daphne, prometheus_factory):
-    daphne = start_daphne(name=NODE)
+    # Heartbeats every 0.5 s (the demo's ChatConsumer opts in), so RTTs show within seconds.
+    daphne = start_daphne(name=NODE, env={"WSMONITOR_HEARTBEAT_INTERVAL": "0.5"})
     prom = prometheus_factory(f"127.0.0.1:{daphne.port}")
     await until(prom, 'up{job="wsmonitor"}', "job", {"wsmonitor": 1})
 
@@ -169,6 +190,42 @@ async def test_prometheus_answers_what_the_clients_did(start_daphne, prometheus_
             assert rule["health"] != "err", (rule["name"], rule.get("lastError"))
     fds = prom.query("wsmonitor:process_fds:ratio_by_instance", "node")
     assert 0 < fds.get(NODE, 0) < 1, fds
+
+    # Chat through the channel layer with heartbeats answered: layer sends, deliveries,
+    # heartbeat RTTs and the saturation sampler's series reach Prometheus, and the
+    # recording rules the dashboard reads carry them.
+    chat = [ChatClient(await client(daphne, "/ws/chat/promlive/")) for _ in range(2)]
+    for index in range(3):
+        await chat[0].ws.send(json.dumps({"message": f"hi {index}"}))
+    await eventually(lambda: all(len(member.messages) == 3 for member in chat), timeout=10,
+                     message="chat messages delivered to both members")
+    await until(prom, f'sum by (outcome) (ws_layer_sends_total{{node="{NODE}", kind="group_send"}})',
+                "outcome", {"ok": 3, "full": 0, "error": 0})
+    await until(prom, f'sum by (consumer) (ws_layer_delivery_seconds_count{{node="{NODE}"}})',
+                "consumer", {"ChatConsumer": 6})
+    await until(prom, f'sum by (node) (ws_layer_messages_dropped_total{{node="{NODE}"}})', "node",
+                {NODE: 0})
+    await eventually(lambda: prom.query(
+        f'sum by (consumer) (ws_heartbeat_rtt_seconds_count{{node="{NODE}"}})', "consumer"
+    ).get("ChatConsumer", 0) >= 4, timeout=10, interval=0.25, message="heartbeat RTTs scraped")
+    await eventually(lambda: prom.query(
+        f'wsmonitor:ws_heartbeat_pongs:rate1m_by_node_consumer{{node="{NODE}"}}', "consumer"
+    ).get("ChatConsumer", 0) > 0, timeout=10, interval=0.25, message="pong rate recorded")
+    rtt_p99 = (f'histogram_quantile(0.99, sum by (node, le) ('
+               f'wsmonitor:ws_heartbeat_rtt_seconds_bucket:rate5m_by_node_consumer{{node="{NODE}"}}))')
+    await eventually(lambda: 0 < prom.query(rtt_p99, "node").get(NODE, 0) < 5, timeout=10,
+                     interval=0.25, message=rtt_p99)  # loopback: under the alert's 5 s
+    await eventually(lambda: prom.query(
+        f'wsmonitor:ws_layer_sends:rate1m_by_node_kind_outcome{{node="{NODE}", outcome="ok"}}',
+        "kind").get("group_send", 0) > 0, timeout=10, interval=0.25, message="layer send rate")
+    saturation = (f'label_replace(sum(ws_event_loop_lag_seconds_count{{node="{NODE}"}}), "s", "lag", "", "")'
+                  f' or label_replace(sum(ws_send_backlog_bytes{{node="{NODE}"}}), "s", "backlog", "", "")'
+                  f' or label_replace(sum(ws_channel_layer_backlog_messages{{node="{NODE}", alias="default"}}),'
+                  f' "s", "layer", "", "")')
+    await eventually(lambda: (lambda r: r.keys() == {"lag", "backlog", "layer"} and r["lag"] > 0)(
+        prom.query(saturation, "s")), timeout=10, interval=0.25, message=saturation)
+    for member in chat:
+        await member.close()
 
     await sockets[4].close()
     await late.close()
