@@ -154,3 +154,215 @@ def established(port):
         capture_output=True, text=True, timeout=10, check=True,
     ).stdout
     return sum(1 for line in out.splitlines() if line.strip())
+
+
+# --- Servers: daphne, uvicorn, gunicorn with uvicorn workers (tests/test_servers.py) ---------
+# The classes above stay as they are for the existing tests; ``DaphneServer`` runs the same
+# command line as ``Daphne`` through the shared ``Server`` base.
+
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+
+
+class Server:
+    """A real ASGI server process serving ``app`` on a loopback port.
+
+    Subclasses give the command line; all share ``.port``, ``.ws_url()``, ``.http_url()``,
+    ``.scrape()``, ``.log()`` and ``.stop()``. ``keepalive=(interval, timeout)`` sets the
+    server's own WebSocket ping interval and timeout, in seconds.
+    """
+
+    kind = "server"
+    #: Modules that must be importable for this server to run.
+    modules = ()
+
+    def __init__(self, tmp_path, env=None, args=(), name="live",
+                 app="demo_project.asgi:application", port=None, keepalive=None):
+        need(self.installed(), f"{self.kind} is not installed ({', '.join(self.modules)})")
+        self.port = port or free_port()
+        self.tmp_path = tmp_path
+        self.log_path = tmp_path / f"{self.kind}-{name}-{self.port}.log"
+        full_env = {**os.environ, "DEMO_DB": str(tmp_path / "demo.sqlite3"),
+                    "WSMONITOR_NODE": name, "PYTHONUNBUFFERED": "1",
+                    "DJANGO_SETTINGS_MODULE": "demo_project.settings"}
+        full_env.pop("REDIS_URL", None)
+        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        full_env.update(self.environment(keepalive))
+        full_env.update(env or {})
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", *self.command(app, keepalive), *args],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(self._ready, timeout=30, message=f"{self.kind} on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+
+    @classmethod
+    def installed(cls):
+        return all(importlib.util.find_spec(module) for module in cls.modules)
+
+    def command(self, app, keepalive):
+        """``python -m`` arguments (without the extra ``args``)."""
+        raise NotImplementedError
+
+    def environment(self, keepalive):
+        return {}
+
+    def _ready(self):
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.kind} exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def http_url(self, path="/"):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ws_url(self, path):
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def scrape(self):
+        with urllib.request.urlopen(self.http_url("/metrics"), timeout=5) as response:
+            return MetricsSnapshot.parse(response.read().decode())
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name):
+        """The JSON log events called ``name`` (wsmonitor's structlog lines)."""
+        found = []
+        for line in self.log().splitlines():
+            if line.startswith("{") and f'"event": "{name}"' in line:
+                found.append(json.loads(line))
+        return found
+
+    def workers(self):
+        """Process IDs serving connections: the process itself unless it forks workers."""
+        return {self.process.pid}
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                # Its workers first, while they are still its children, then the process.
+                for pid in self.workers() - {self.process.pid}:
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+class DaphneServer(Server):
+    """daphne, with the same command line as :class:`Daphne`."""
+
+    kind = "daphne"
+    modules = ("daphne",)
+
+    def command(self, app, keepalive):
+        ping = ()
+        if keepalive:
+            ping = ("--ping-interval", str(keepalive[0]), "--ping-timeout", str(keepalive[1]))
+        return ["daphne", "-b", "127.0.0.1", "-p", str(self.port), *ping, app]
+
+
+#: uvicorn's implementations, named explicitly (what uvicorn[standard]'s "auto" picks today).
+UVICORN_CONFIG = {"loop": "uvloop", "http": "httptools", "ws": "websockets-sansio",
+                  "lifespan": "off"}
+
+
+class Uvicorn(Server):
+    """``python -m uvicorn``, one process, the websockets (sans-I/O) implementation."""
+
+    kind = "uvicorn"
+    modules = ("uvicorn", "uvloop", "httptools", "websockets")
+
+    def command(self, app, keepalive):
+        ping = ()
+        if keepalive:
+            ping = ("--ws-ping-interval", str(keepalive[0]),
+                    "--ws-ping-timeout", str(keepalive[1]))
+        options = [f"--{key}={value}" for key, value in UVICORN_CONFIG.items()]
+        return ["uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port), *options, *ping]
+
+
+class GunicornUvicorn(Server):
+    """gunicorn with 2 uvicorn workers (``tests.uvicorn_worker``) in multiprocess mode."""
+
+    kind = "gunicorn"
+    modules = ("gunicorn", "uvicorn", "uvloop", "httptools", "websockets")
+    count = 2
+
+    def environment(self, keepalive):
+        self.metrics_dir = self.tmp_path / f"prometheus-{self.port}"
+        self.metrics_dir.mkdir()
+        config = dict(UVICORN_CONFIG)
+        if keepalive:
+            config.update(ws_ping_interval=keepalive[0], ws_ping_timeout=keepalive[1])
+        return {"PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+                "TESTS_UVICORN_CONFIG": json.dumps(config)}
+
+    def command(self, app, keepalive):
+        return ["gunicorn", "-k", "tests.uvicorn_worker.Worker", "-w", str(self.count),
+                "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", app]
+
+    def _ready(self):
+        # The master listens before the workers run: ready once every worker has started.
+        if not super()._ready():
+            return False
+        try:
+            return len(self.live_pids()) == self.count
+        except OSError:
+            return False
+
+    def live_pids(self):
+        """Worker pids with a live-gauge file, as one worker's scrape reports them."""
+        return {int(pid) for pid in self.scrape().label_values("ws_process_open_fds", "pid")}
+
+    def workers(self):
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as children:
+                return {int(pid) for pid in children.read().split()}
+        except OSError:
+            return set()
+
+
+SERVERS = {"daphne": DaphneServer, "uvicorn": Uvicorn, "gunicorn": GunicornUvicorn}
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Factory: start_server("daphne" | "uvicorn" | "gunicorn", **kwargs); stopped at teardown."""
+    started = []
+
+    def start(kind, **kwargs):
+        server = SERVERS[kind](tmp_path, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def established_by_pid(port):
+    """Server-side ESTABLISHED connections on ``port`` per owning process (ss -p)."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout
+    counts = {}
+    for line in out.splitlines():
+        for pid in set(re.findall(r"pid=(\d+)", line)):
+            counts[int(pid)] = counts.get(int(pid), 0) + 1
+    return counts

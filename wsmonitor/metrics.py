@@ -67,8 +67,9 @@ def close_code_label(code, declared=frozenset()):
     """Fold any close code into the bounded ``code`` label set."""
     if code is None:
         return "1005"  # a close frame without a status code
-    if type(code) is not int:
+    if isinstance(code, bool) or not isinstance(code, int):
         return "invalid"
+    code = int(code)  # uvicorn passes websockets' CloseCode members (an IntEnum) as they are
     if 1000 <= code <= 1015:
         return str(code)
     if 3000 <= code <= 4999:
