@@ -90,6 +90,8 @@ class Connection:
 
     def disconnected(self, code):
         if self.code is UNSET:
+            if isinstance(code, int) and type(code) is not int and not isinstance(code, bool):
+                code = int(code)  # uvicorn passes websockets' CloseCode (an IntEnum)
             self.code = code
 
     async def send(self, message):
