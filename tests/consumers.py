@@ -1,0 +1,86 @@
+"""Small consumers the tests drive; each exercises one lifecycle path."""
+
+import asyncio
+
+from channels.layers import InMemoryChannelLayer
+
+from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer, InstrumentedAsyncWebsocketConsumer
+
+
+class Echo(InstrumentedAsyncWebsocketConsumer):
+    async def connect(self):
+        await self.accept()
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data == "boom":
+            raise RuntimeError("receive failed")
+        if text_data == "close-4001":
+            await self.close(4001)
+            return
+        if text_data == "close":
+            await self.close()
+            return
+        if text_data == "session":
+            await self.send(text_data=self.session_id + " " + self.scope["wsmonitor"]["session_id"])
+            return
+        if text_data == "group-boom":
+            await self.channel_layer.send(self.channel_name, {"type": "explode"})
+            return
+        await self.send(text_data=text_data, bytes_data=bytes_data)
+
+    async def explode(self, event):
+        raise ValueError("group handler failed")
+
+
+class Denied(InstrumentedAsyncWebsocketConsumer):
+    async def connect(self):
+        await self.close()
+
+
+class ConnectRaises(InstrumentedAsyncWebsocketConsumer):
+    async def connect(self):
+        raise RuntimeError("connect failed")
+
+
+class NeverAnswers(InstrumentedAsyncWebsocketConsumer):
+    async def connect(self):
+        pass  # neither accept nor close: the client gives up
+
+
+class DisconnectRaises(InstrumentedAsyncWebsocketConsumer):
+    async def connect(self):
+        await self.accept()
+
+    async def disconnect(self, code):
+        raise RuntimeError("disconnect failed")
+
+
+class Json(InstrumentedAsyncJsonWebsocketConsumer):
+    wsmonitor_label = "json-chat"
+
+    async def connect(self):
+        await self.accept()
+
+    async def receive_json(self, content, **kwargs):
+        await self.send_json({"echo": content})
+
+
+class Quiet(Echo):
+    wsmonitor_metrics = False
+
+
+class Silent(Echo):
+    wsmonitor_metrics = False
+    wsmonitor_logs = False
+
+
+class BrokenLayer(InMemoryChannelLayer):
+    """An in-memory layer whose receive fails on demand, like channels_redis under redis-py 8."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fail = asyncio.Event()
+
+    async def receive(self, channel):
+        await self.fail.wait()
+        raise TimeoutError("Timeout reading from 127.0.0.1:6379")

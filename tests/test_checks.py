@@ -1,0 +1,48 @@
+"""System checks name the setting that is wrong, with stable ids."""
+
+import pytest
+from django.test import override_settings
+
+from wsmonitor.checks import check_prometheus_export, check_settings
+
+
+def ids(value):
+    with override_settings(WSMONITOR=value):
+        return [error.id for error in check_settings(None)]
+
+
+def test_defaults_and_a_full_valid_dict_pass():
+    assert ids(None) == []
+    assert ids({"NODE": "a", "METRICS": True, "LOGS": False, "CONFIGURE_LOGGING": False,
+                "LOG_FORMAT": "console", "LOG_LEVEL": "DEBUG", "CLOSE_CODES": {4000: "full"},
+                "CAPACITY": 5000}) == []
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([("NODE", "a")], "wsmonitor.E001"),
+    ({"NODES": "a"}, "wsmonitor.E002"),
+    ({"LOG_FORMAT": "xml"}, "wsmonitor.E003"),
+    ({"CLOSE_CODES": {1000: "normal"}}, "wsmonitor.E004"),
+    ({"CLOSE_CODES": {"4000": "string key"}}, "wsmonitor.E004"),
+    ({"CLOSE_CODES": {4000: 1}}, "wsmonitor.E004"),
+    ({"CLOSE_CODES": [4000]}, "wsmonitor.E004"),
+    ({"NODE": ""}, "wsmonitor.E005"),
+    ({"CAPACITY": 0}, "wsmonitor.E006"),
+    ({"CAPACITY": "100"}, "wsmonitor.E006"),
+    ({"METRICS": "yes"}, "wsmonitor.E007"),
+    ({"LOG_LEVEL": "LOUD"}, "wsmonitor.E008"),
+])
+def test_each_misconfiguration_has_its_id(value, expected):
+    assert ids(value) == [expected]
+
+
+def test_unknown_key_message_names_the_key():
+    with override_settings(WSMONITOR={"NODES": "a"}):
+        (error,) = check_settings(None)
+    assert "NODES" in error.msg and "NODE" in error.hint
+
+
+def test_missing_django_prometheus_warns():
+    with override_settings(INSTALLED_APPS=["channels", "wsmonitor"]):
+        assert [w.id for w in check_prometheus_export(None)] == ["wsmonitor.W001"]
+    assert check_prometheus_export(None) == []

@@ -1,0 +1,259 @@
+"""Every lifecycle path counts exactly once, driven through channels' WebsocketCommunicator."""
+
+import asyncio
+import uuid
+
+import pytest
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from wsmonitor.testing import MetricsSnapshot, assert_metric_diff
+
+from . import consumers
+
+NODE = "test-node"
+
+
+def active(consumer):
+    return MetricsSnapshot.collect().value("ws_connections_active", consumer=consumer, node=NODE)
+
+
+async def open_echo(consumer=consumers.Echo, path="/ws/echo/"):
+    communicator = WebsocketCommunicator(consumer.as_asgi(), path)
+    connected, _ = await communicator.connect(timeout=3)
+    assert connected
+    return communicator
+
+
+async def test_accept_message_and_client_close():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    assert active("Echo") == before.value("ws_connections_active", consumer="Echo") + 1
+    await communicator.send_to(text_data="héllo")
+    assert await communicator.receive_from(timeout=3) == "héllo"
+    await communicator.send_to(bytes_data=b"\x00\x01\x02")
+    assert await communicator.receive_from(timeout=3) == b"\x00\x01\x02"
+    await communicator.disconnect(code=1000, timeout=3)
+
+    labels = {"consumer": "Echo", "node": NODE}
+    assert_metric_diff(before, "ws_connects_total", 1, **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, code="1000", **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, **labels)
+    assert_metric_diff(before, "ws_messages_total", 2, direction="in", **labels)
+    assert_metric_diff(before, "ws_messages_total", 2, direction="out", **labels)
+    # "héllo" is 6 bytes in UTF-8, the binary frame 3.
+    assert_metric_diff(before, "ws_message_size_bytes_sum", 9, direction="in", **labels)
+    assert_metric_diff(before, "ws_message_size_bytes_sum", 9, direction="out", **labels)
+    assert_metric_diff(before, "ws_message_size_bytes_bucket", 2, direction="in", le="16.0", **labels)
+    assert_metric_diff(before, "ws_message_handling_seconds_count", 2, **labels)
+    assert_metric_diff(before, "ws_connection_duration_seconds_count", 1, **labels)
+    assert_metric_diff(before, "ws_errors_total", 0, **labels)
+
+
+async def test_gauge_counts_concurrent_connections_exactly():
+    base = active("Echo")
+    communicators = [await open_echo() for _ in range(5)]
+    assert active("Echo") == base + 5
+    for index, communicator in enumerate(communicators):
+        await communicator.disconnect(code=1001, timeout=3)
+        assert active("Echo") == base + 4 - index
+    assert active("Echo") == base
+
+
+async def test_denied_handshake_never_touches_the_gauge():
+    before = MetricsSnapshot.collect()
+    communicator = WebsocketCommunicator(consumers.Denied.as_asgi(), "/ws/")
+    connected, code = await communicator.connect(timeout=3)
+    assert not connected
+    await communicator.disconnect(timeout=3)
+    labels = {"consumer": "Denied"}
+    assert_metric_diff(before, "ws_connects_rejected_total", 1, reason="denied", **labels)
+    assert_metric_diff(before, "ws_connects_total", 0, **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+    assert_metric_diff(before, "ws_closes_total", 0, **labels)
+
+
+async def test_connect_raising_is_a_rejection_with_an_error():
+    before = MetricsSnapshot.collect()
+    communicator = WebsocketCommunicator(consumers.ConnectRaises.as_asgi(), "/ws/")
+    await communicator.send_input({"type": "websocket.connect"})
+    with pytest.raises(RuntimeError, match="connect failed"):
+        await communicator.wait(timeout=3)
+    labels = {"consumer": "ConnectRaises"}
+    assert_metric_diff(before, "ws_connects_rejected_total", 1, reason="error", **labels)
+    assert_metric_diff(before, "ws_errors_total", 1, stage="connect", **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+    assert_metric_diff(before, "ws_closes_total", 0, **labels)
+
+
+async def test_client_leaving_an_unanswered_handshake_is_abandoned():
+    before = MetricsSnapshot.collect()
+    communicator = WebsocketCommunicator(consumers.NeverAnswers.as_asgi(), "/ws/")
+    await communicator.send_input({"type": "websocket.connect"})
+    await communicator.send_input({"type": "websocket.disconnect", "code": 1006})
+    await communicator.wait(timeout=3)
+    assert_metric_diff(before, "ws_connects_rejected_total", 1, consumer="NeverAnswers",
+                       reason="abandoned")
+    assert_metric_diff(before, "ws_connections_active", 0, consumer="NeverAnswers")
+
+
+async def test_exception_in_receive_counts_1011_once():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    await communicator.send_to(text_data="boom")
+    with pytest.raises(RuntimeError, match="receive failed"):
+        await communicator.wait(timeout=3)
+    labels = {"consumer": "Echo"}
+    assert_metric_diff(before, "ws_errors_total", 1, stage="receive", **labels)
+    assert_metric_diff(before, "ws_errors_total", 1, **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, code="1011", **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+
+
+async def test_exception_in_group_handler_counts_1011_once():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    await communicator.send_to(text_data="group-boom")
+    with pytest.raises(ValueError, match="group handler failed"):
+        await communicator.wait(timeout=3)
+    labels = {"consumer": "Echo"}
+    assert_metric_diff(before, "ws_errors_total", 1, stage="handler", **labels)
+    assert_metric_diff(before, "ws_errors_total", 1, **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, code="1011", **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+
+
+async def test_server_close_counts_the_code_sent_even_if_the_peer_drops():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    await communicator.send_to(text_data="close-4001")
+    assert await communicator.receive_output(timeout=3) == {"type": "websocket.close", "code": 4001}
+    # The peer never answers the close frame: the transport reports 1006.
+    await communicator.disconnect(code=1006, timeout=3)
+    labels = {"consumer": "Echo"}
+    assert_metric_diff(before, "ws_closes_total", 1, code="4001", **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+
+
+async def test_server_close_without_code_counts_1000_like_daphne_sends():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    await communicator.send_to(text_data="close")
+    assert (await communicator.receive_output(timeout=3))["type"] == "websocket.close"
+    await communicator.disconnect(code=1000, timeout=3)
+    assert_metric_diff(before, "ws_closes_total", 1, consumer="Echo", code="1000")
+
+
+async def test_exception_in_disconnect_never_decrements_twice():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo(consumers.DisconnectRaises)
+    with pytest.raises(RuntimeError, match="disconnect failed"):
+        await communicator.disconnect(code=1001, timeout=3)
+    labels = {"consumer": "DisconnectRaises"}
+    assert_metric_diff(before, "ws_errors_total", 1, stage="disconnect", **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, code="1001", **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+
+
+async def test_server_shutdown_cancellation_counts_1006():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    communicator.future.cancel()  # what daphne's kill_all_applications does on SIGTERM
+    with pytest.raises(asyncio.CancelledError):
+        await communicator.future
+    labels = {"consumer": "Echo"}
+    assert_metric_diff(before, "ws_closes_total", 1, code="1006", **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+    assert_metric_diff(before, "ws_errors_total", 0, **labels)
+
+
+@override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "tests.consumers.BrokenLayer"}})
+async def test_channel_layer_error_counts_once_and_releases_the_gauge():
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    assert active("Echo") == before.value("ws_connections_active", consumer="Echo") + 1
+    get_channel_layer().fail.set()
+    with pytest.raises(TimeoutError, match="Timeout reading"):
+        await communicator.wait(timeout=3)
+    labels = {"consumer": "Echo"}
+    assert_metric_diff(before, "ws_errors_total", 1, stage="layer", **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, code="1011", **labels)
+    assert_metric_diff(before, "ws_connections_active", 0, **labels)
+
+
+@pytest.mark.parametrize("code, label", [
+    (1000, "1000"), (1001, "1001"), (1006, "1006"), (1015, "1015"), (None, "1005"),
+    (4001, "4001"),  # declared in tests/settings.py
+    (4999, "4xxx"), (4000, "4xxx"), (3000, "3xxx"), (3999, "3xxx"),
+    (999, "invalid"), (1016, "invalid"), (2999, "invalid"), (5000, "invalid"), (-1, "invalid"),
+    ("1000", "invalid"), (True, "invalid"),
+])
+async def test_close_code_label_folding(code, label):
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    await communicator.send_input({"type": "websocket.disconnect", "code": code})
+    await communicator.wait(timeout=3)
+    assert_metric_diff(before, "ws_closes_total", 1, consumer="Echo", code=label)
+    assert_metric_diff(before, "ws_closes_total", 1, consumer="Echo")
+
+
+async def test_close_code_label_set_stays_bounded():
+    for code in range(0, 70000, 97):
+        communicator = await open_echo()
+        await communicator.send_input({"type": "websocket.disconnect", "code": code})
+        await communicator.wait(timeout=3)
+    codes = MetricsSnapshot.collect().label_values("ws_closes_total", "code")
+    allowed = {str(c) for c in range(1000, 1016)} | {"4001", "3xxx", "4xxx", "invalid"}
+    assert codes <= allowed, codes - allowed
+
+
+async def test_session_id_is_set_before_connect_and_in_the_scope():
+    first, second = await open_echo(), await open_echo()
+    await first.send_to(text_data="session")
+    own, in_scope = (await first.receive_from(timeout=3)).split()
+    assert own == in_scope and uuid.UUID(own).version == 4
+    await second.send_to(text_data="session")
+    assert (await second.receive_from(timeout=3)).split()[0] != own
+    await first.disconnect(timeout=3)
+    await second.disconnect(timeout=3)
+
+
+async def test_json_consumer_sends_are_counted_under_its_label():
+    before = MetricsSnapshot.collect()
+    communicator = WebsocketCommunicator(consumers.Json.as_asgi(), "/ws/json/")
+    assert (await communicator.connect(timeout=3))[0]
+    await communicator.send_json_to({"a": 1})
+    assert await communicator.receive_json_from(timeout=3) == {"echo": {"a": 1}}
+    await communicator.disconnect(timeout=3)
+    assert_metric_diff(before, "ws_messages_total", 1, consumer="json-chat", direction="out")
+    assert_metric_diff(before, "ws_messages_total", 1, consumer="json-chat", direction="in")
+    assert_metric_diff(before, "ws_closes_total", 1, consumer="json-chat", code="1000")
+
+
+async def test_metrics_switched_off_per_consumer_and_globally():
+    before = MetricsSnapshot.collect()
+    for consumer in (consumers.Quiet, consumers.Silent):
+        communicator = await open_echo(consumer)
+        await communicator.send_to(text_data="x")
+        await communicator.receive_from(timeout=3)
+        await communicator.disconnect(timeout=3)
+    with override_settings(WSMONITOR={"METRICS": False, "NODE": NODE}):
+        communicator = await open_echo()
+        await communicator.disconnect(timeout=3)
+    after = MetricsSnapshot.collect()
+    assert after.value("ws_connects_total", consumer="Quiet") == 0
+    assert after.value("ws_connects_total", consumer="Silent") == 0
+    assert_metric_diff(before, "ws_connects_total", 0, after=after, consumer="Echo")
+
+
+async def test_node_label_follows_settings_changes():
+    with override_settings(WSMONITOR={"NODE": "elsewhere"}):
+        before = MetricsSnapshot.collect()
+        communicator = await open_echo()
+        await communicator.disconnect(timeout=3)
+        assert_metric_diff(before, "ws_connects_total", 1, consumer="Echo", node="elsewhere")

@@ -1,0 +1,18 @@
+from django.apps import AppConfig
+
+
+class WSMonitorConfig(AppConfig):
+    name = "wsmonitor"
+    verbose_name = "WebSocket monitoring"
+
+    def ready(self):
+        from . import checks, metrics
+        from .conf import get_config
+        from .logging import configure
+
+        if checks.settings_errors():
+            return  # the system checks report it; run with the defaults meanwhile
+        metrics.set_capacity()
+        config = get_config()
+        if config["LOGS"] and config["CONFIGURE_LOGGING"]:
+            configure()

@@ -1,0 +1,51 @@
+"""wsmonitor settings: one ``WSMONITOR`` dict merged over documented defaults."""
+
+import socket
+from functools import lru_cache
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+#: Every key a project may set in ``settings.WSMONITOR``; see the README.
+DEFAULTS = {
+    # Value of the ``node`` label; None means the host name.
+    "NODE": None,
+    # Parts that can be switched off globally (and per consumer with the
+    # ``wsmonitor_metrics`` / ``wsmonitor_logs`` class attributes).
+    "METRICS": True,
+    "LOGS": True,
+    # Configure structlog and the root logger at start-up. Turn off when the
+    # project configures structlog itself.
+    "CONFIGURE_LOGGING": True,
+    "LOG_FORMAT": "json",  # "json" or "console"
+    "LOG_LEVEL": "INFO",
+    # Application close codes (3000-4999) exported as themselves in the
+    # ``code`` label, with their meaning; undeclared ones fold to 3xxx / 4xxx.
+    "CLOSE_CODES": {},
+    # Accepted connections one node is sized for; exported as the
+    # ``ws_connections_capacity`` gauge for the capacity alert when set.
+    "CAPACITY": None,
+}
+
+
+@lru_cache(maxsize=None)
+def get_config():
+    """Return the merged settings; cached until a setting changes."""
+    user = getattr(settings, "WSMONITOR", None) or {}
+    config = dict(DEFAULTS)
+    if isinstance(user, dict):
+        config.update(user)
+    if not config["NODE"]:
+        config["NODE"] = socket.gethostname()
+    return config
+
+
+@receiver(setting_changed)
+def _reset(*, setting, **kwargs):
+    if setting == "WSMONITOR":
+        get_config.cache_clear()
+        # Bound metric children and the capacity gauge depend on the node.
+        from . import metrics
+
+        metrics.settings_changed()
