@@ -20,7 +20,19 @@ def main(argv=None):
 
         django.setup(set_prefix=False)
         variants.check(argv[0])
+        from django.conf import settings
+
+        if "wsmonitor" in settings.INSTALLED_APPS:
+            from wsmonitor import checks
+
+            errors = checks.settings_errors()
+            if errors:
+                raise variants.Unavailable("wsmonitor rejects the bench settings: "
+                                           + "; ".join(getattr(e, "msg", str(e)) for e in errors))
         import bench.benchproject.asgi  # noqa: F401  (builds the application)
+    except ImportError as exc:
+        print(f"unavailable: {exc}")
+        return 3
     except variants.Unavailable as exc:
         print(f"unavailable: {exc}")
         return 3

@@ -61,7 +61,6 @@ def server_env(variant):
         BENCH_VARIANT=variant,
         DJANGO_SETTINGS_MODULE="bench.benchproject.settings",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        BENCH_LOG_FILE=str(RESULTS / f"wsmonitor-{variant}.log.tmp"),
     )
     return env
 
