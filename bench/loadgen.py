@@ -3,6 +3,10 @@
 Run as its own process (``python -m bench.loadgen echo --url ... --pid ...``) so the client never
 shares a core's event loop with the server. Every phase is bounded by a count and by ``--timeout``.
 
+The default client is ``bench.rawws`` (pre-built frames, no extensions), several times cheaper per
+message than the ``websockets`` library (``--client websockets``), so the server and not the client
+is what saturates: check ``server_cpu_utilisation`` (about 1.0 = one core busy) in the result.
+
 Echo is a closed loop: each connection sends one message and awaits its echo before sending the
 next (one message in flight per connection, N in flight in all). Throughput is therefore what the
 server sustains with N concurrent senders, and the round trip is pure server + loopback latency
@@ -15,11 +19,12 @@ import json
 import statistics
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import websockets
 
-from bench import procstat
+from bench import procstat, rawws
 
 CONNECT_CONCURRENCY_MAX = 40  # daphne's listen backlog is 50 (FIELD-NOTES)
 
@@ -27,6 +32,51 @@ CONNECT_CONCURRENCY_MAX = 40  # daphne's listen backlog is 50 (FIELD-NOTES)
 def _client_options():
     # No client pings, no compression: only the frames under test cross the socket.
     return dict(compression=None, ping_interval=None, open_timeout=20, close_timeout=5, max_size=None)
+
+
+class _WebsocketsClient:
+    """The ``websockets`` library behind the small interface the phases use."""
+
+    def __init__(self, ws):
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, url):
+        return cls(await websockets.connect(url, **_client_options()))
+
+    async def send(self, payload):
+        await self.ws.send(payload.decode())
+
+    async def recv(self):
+        return (await self.ws.recv()).encode()
+
+    async def close(self):
+        await self.ws.close()
+
+
+class _RawClient:
+    """``bench.rawws`` behind the same interface."""
+
+    def __init__(self, ws):
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, url):
+        parts = urllib.parse.urlsplit(url)
+        return cls(await rawws.RawWebSocket.connect(parts.hostname, parts.port, parts.path or "/"))
+
+    async def send(self, payload):
+        self.ws.send_frame(rawws.frame(payload))
+
+    async def recv(self):
+        return await self.ws.recv()
+
+    async def close(self):
+        await self.ws.close()
+
+
+CLIENTS = {"raw": _RawClient, "websockets": _WebsocketsClient}
+_client = _RawClient
 
 
 async def _open_many(url, count, concurrency):
@@ -37,7 +87,7 @@ async def _open_many(url, count, concurrency):
     async def one():
         async with semaphore:
             started = time.perf_counter()
-            ws = await websockets.connect(url, **_client_options())
+            ws = await _client.connect(url)
             handshake_seconds.append(time.perf_counter() - started)
             return ws
 
@@ -81,7 +131,7 @@ async def echo(args):
         prefix = f"{index:05d}:"
         for seq in range(count):
             head = f"{prefix}{seq:07d}:"
-            payload = head + "x" * max(0, args.size - len(head))
+            payload = (head + "x" * max(0, args.size - len(head))).encode()
             started = time.perf_counter_ns()
             await ws.send(payload)
             reply = await ws.recv()
@@ -94,6 +144,7 @@ async def echo(args):
     await asyncio.gather(*(run(ws, i, args.warmup, False) for i, ws in enumerate(connections)))
     await asyncio.to_thread(procstat.wait_quiet, args.pid)
     cpu_before = procstat.cpu_seconds(args.pid)
+    client_cpu_before = time.process_time()
     started = time.perf_counter()
     timed_out = False
     try:
@@ -103,6 +154,7 @@ async def echo(args):
         timed_out = True
     elapsed = time.perf_counter() - started
     cpu_used = procstat.cpu_seconds(args.pid) - cpu_before
+    client_cpu = time.process_time() - client_cpu_before
     await _close_many(connections)
     done = len(rtts)
     rtts.sort()
@@ -121,7 +173,9 @@ async def echo(args):
         "server_cpu_s": cpu_used,
         "server_cpu_us_per_msg": cpu_used / done * 1e6 if done else None,
         "server_cpu_utilisation": cpu_used / elapsed if elapsed > 0 else None,
+        "client_cpu_utilisation": client_cpu / elapsed if elapsed > 0 else None,
         "handshake_p99_ms": _percentile(sorted(handshakes), 0.99) * 1e3,
+        "client": args.client,
     }
 
 
@@ -193,12 +247,13 @@ async def fanout(args):
 
     async def reader(i, ws):
         while received[i] < expected_each:
-            await ws.recv()
+            if await ws.recv() is None:
+                return  # the server closed the connection
             received[i] += 1
 
     async def sender(i, ws):
         for seq in range(args.messages):
-            await ws.send(f"{i}:{seq}:" + "x" * max(0, args.size - 16))
+            await ws.send((f"{i}:{seq}:" + "x" * max(0, args.size - 16)).encode())
 
     await asyncio.to_thread(procstat.wait_quiet, args.pid)
     cpu_before = procstat.cpu_seconds(args.pid)
@@ -245,7 +300,10 @@ def main(argv=None):
     parser.add_argument("--scrapes", type=int, default=10)
     parser.add_argument("--connect-concurrency", type=int, default=CONNECT_CONCURRENCY_MAX)
     parser.add_argument("--timeout", type=float, default=120.0, help="hard limit of the measured phase, s")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="raw")
     args = parser.parse_args(argv)
+    global _client
+    _client = CLIENTS[args.client]
     result = asyncio.run({"echo": echo, "idle": idle, "fanout": fanout}[args.mode](args))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

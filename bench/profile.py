@@ -59,10 +59,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(run.Path(sys.executable).with_name("py-spy"))
     out = run.RESULTS / f"profile-{args.variant}.collapsed.tmp"
-    config = dict(run.FULL)
+    config = dict(run.FULL, client="raw")
     with run.Server(args.variant) as server:
         recorder = subprocess.Popen(
-            [py_spy, "record", "--format", "raw", "--rate", str(args.rate), "--nonblocking",
+            [py_spy, "record", "--format", "raw", "--rate", str(args.rate), "--nonblocking", "--gil",
              "--pid", str(server.process.pid), "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -124,7 +124,8 @@ class Server:
 def loadgen(mode, server, config, **extra):
     """Run the load generator in its own process against `server`; return its JSON result."""
     options = dict(
-        url=server.ws_url, pid=server.process.pid, timeout=config["timeout"], **extra,
+        url=server.ws_url, pid=server.process.pid, timeout=config["timeout"], client=config["client"],
+        **extra,
     )
     command = [sys.executable, "-m", "bench.loadgen", mode]
     for key, value in options.items():
@@ -337,13 +338,15 @@ def parse_args(argv):
     for key, value in FULL.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
                             help=f"default {value} ({QUICK[key]} with --quick)")
+    parser.add_argument("--client", choices=("raw", "websockets"), default="raw",
+                        help="load generator's WebSocket client (default raw: bench/rawws.py)")
     parser.add_argument("--variants", default=",".join(variants.ECHO_VARIANTS + variants.FANOUT_VARIANTS),
                         help="comma-separated subset to run (the baselines always run)")
     parser.add_argument("--json", type=Path, default=None, help=f"results file (default {DEFAULT_JSON.relative_to(ROOT)})")
     parser.add_argument("--markdown", type=Path, default=None,
                         help=f"markdown report (default {DEFAULT_MARKDOWN.relative_to(ROOT)}; none with --quick)")
     args = parser.parse_args(argv)
-    config = dict(QUICK if args.quick else FULL)
+    config = dict(QUICK if args.quick else FULL, client=args.client)
     for key in FULL:
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
