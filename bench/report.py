@@ -106,6 +106,18 @@ def markdown(results):
             f"| {variant} | {_num(row['deliveries_per_s'])} | {_spread(row['ratio'])} | {row['dropped_total']} "
             f"| {_num(row['server_cpu_us_per_delivery'])} |"
         )
+    if results.get("profiles"):
+        lines += [
+            "",
+            "## Profiles (py-spy, GIL-held samples, under the echo load)",
+            "",
+            "`python -m bench.profile VARIANT`: 50 connections x 1,000 messages; \"own cost\" counts samples "
+            "whose deepest wsmonitor / opentelemetry frame has no channels, daphne, autobahn, twisted or "
+            "asgiref frame below it, i.e. the instrumentation and what it calls (prometheus_client, "
+            "structlog, locks), not the consumer it wraps.",
+        ]
+        for variant, text in results["profiles"].items():
+            lines += ["", f"### {variant}", "", "```", text, "```"]
     unavailable = [(v, a["reason"]) for v, a in results["variants"].items() if not a["available"]]
     if unavailable:
         lines += ["", "## Not measured", ""]

@@ -30,7 +30,7 @@ DEFAULT_JSON = RESULTS / "latest.json"
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
 
 FULL = dict(
-    rounds=5, connections=50, messages=200, size=100, warmup=5, idle=2000, scrapes=10,
+    rounds=7, connections=50, messages=200, size=100, warmup=5, idle=2000, scrapes=10,
     fanout_connections=20, fanout_messages=20, timeout=120.0,
 )
 QUICK = dict(
@@ -342,6 +342,9 @@ def parse_args(argv):
                         help="load generator's WebSocket client (default raw: bench/rawws.py)")
     parser.add_argument("--variants", default=",".join(variants.ECHO_VARIANTS + variants.FANOUT_VARIANTS),
                         help="comma-separated subset to run (the baselines always run)")
+    parser.add_argument("--profile", default="",
+                        help="comma-separated variants to profile with py-spy after the rounds "
+                             "(python -m bench.profile), output embedded in the report")
     parser.add_argument("--json", type=Path, default=None, help=f"results file (default {DEFAULT_JSON.relative_to(ROOT)})")
     parser.add_argument("--markdown", type=Path, default=None,
                         help=f"markdown report (default {DEFAULT_MARKDOWN.relative_to(ROOT)}; none with --quick)")
@@ -399,6 +402,21 @@ def main(argv=None):
                 + (f"{row['deliveries_per_s']:.0f} deliveries/s, dropped {row['dropped']}" if "error" not in row else row["error"]))
         rounds.append(result)
 
+    profiles = {}
+    for variant in filter(None, args.profile.split(",")):
+        if variant not in available:
+            profiles[variant] = f"not profiled: {availability.get(variant, {}).get('reason', 'unknown variant')}"
+            continue
+        log(f"profiling {variant} with py-spy")
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "bench.profile", variant, "--top", "12"], cwd=ROOT,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+            )
+            profiles[variant] = completed.stdout.strip() or completed.stderr.strip()[-1500:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            profiles[variant] = f"profile failed: {exc!r}"
+
     summary = summarise(rounds, available)
     results = {
         "command": "python -m bench" + ("" if not argv else " " + " ".join(argv)),
@@ -411,6 +429,7 @@ def main(argv=None):
         "variants": {v: dict(availability[v], description=variants.DESCRIPTIONS[v]) for v in availability},
         "rounds": rounds,
         "summary": summary,
+        "profiles": profiles,
         "targets": targets(summary),
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,13 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from bench.benchproject import consumers  # noqa: E402
-from bench.benchproject.tracing import install_discarding_tracer_provider  # noqa: E402
 
 VARIANT = settings.VARIANT
 
 if VARIANT in ("tracing", "otel-asgi"):
+    # Imported here: the plain and metrics variants must run without the OpenTelemetry SDK installed.
+    from bench.benchproject.tracing import install_discarding_tracer_provider
+
     install_discarding_tracer_provider()
 
 if VARIANT in ("metrics", "tracing"):
