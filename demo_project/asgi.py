@@ -3,6 +3,10 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_project.settings")
+
+from demo_project.otel import configure_tracing  # noqa: E402
+
+configure_tracing()  # before Django loads, so the HTTP instrumentation sees the middleware
 django_asgi_app = get_asgi_application()  # sets Django up before consumers are imported
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

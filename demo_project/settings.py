@@ -63,6 +63,11 @@ WSMONITOR = {
     "LOG_FORMAT": os.environ.get("WSMONITOR_LOG_FORMAT", "json"),
     "CLOSE_CODES": {4000: "chat room is full"},
     "CAPACITY": 10000,
+    # /metrics: loopback only unless WSMONITOR_METRICS_NETWORKS widens it (comma-separated
+    # CIDRs); WSMONITOR_METRICS_TOKEN additionally requires "Authorization: Bearer <token>".
+    "METRICS_ALLOWED_NETWORKS": os.environ.get(
+        "WSMONITOR_METRICS_NETWORKS", "127.0.0.0/8,::1/128").split(","),
+    "METRICS_TOKEN": os.environ.get("WSMONITOR_METRICS_TOKEN") or None,
 }
 
 # Django's own records go through wsmonitor's structlog handler on the root

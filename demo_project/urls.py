@@ -3,5 +3,5 @@ from django.views.generic import TemplateView
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
-    path("", include("django_prometheus.urls")),  # /metrics
+    path("", include("wsmonitor.urls")),  # /metrics, behind WSMONITOR's access rules
 ]

@@ -15,7 +15,11 @@ def test_defaults_and_a_full_valid_dict_pass():
     assert ids(None) == []
     assert ids({"NODE": "a", "METRICS": True, "LOGS": False, "CONFIGURE_LOGGING": False,
                 "LOG_FORMAT": "console", "LOG_LEVEL": "DEBUG", "CLOSE_CODES": {4000: "full"},
-                "CAPACITY": 5000}) == []
+                "CAPACITY": 5000, "TRACING": False, "TRACE_MODEL": "connection",
+                "MESSAGE_SPANS": False, "SPLIT_CONNECTION_SPAN": True, "TRACEPARENT_FIELD": "tp",
+                "INJECT_TRACEPARENT": True, "ERROR_CLOSE_CODES": [4000],
+                "METRICS_ALLOWED_NETWORKS": ["10.0.0.0/8", "::1"],
+                "METRICS_TOKEN": "0123456789abcdef"}) == []
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -31,6 +35,12 @@ def test_defaults_and_a_full_valid_dict_pass():
     ({"CAPACITY": "100"}, "wsmonitor.E006"),
     ({"METRICS": "yes"}, "wsmonitor.E007"),
     ({"LOG_LEVEL": "LOUD"}, "wsmonitor.E008"),
+    ({"TRACE_MODEL": "frame"}, "wsmonitor.E009"),
+    ({"TRACEPARENT_FIELD": ""}, "wsmonitor.E010"),
+    ({"ERROR_CLOSE_CODES": [1006]}, "wsmonitor.E011"),
+    ({"METRICS_ALLOWED_NETWORKS": "10.0.0.0/8"}, "wsmonitor.E012"),
+    ({"METRICS_ALLOWED_NETWORKS": ["10.0.0.300/8"]}, "wsmonitor.E012"),
+    ({"METRICS_TOKEN": "short"}, "wsmonitor.E013"),
 ])
 def test_each_misconfiguration_has_its_id(value, expected):
     assert ids(value) == [expected]

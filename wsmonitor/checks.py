@@ -1,5 +1,6 @@
 """System checks for the ``WSMONITOR`` setting."""
 
+import ipaddress
 import logging
 
 from django.conf import settings
@@ -7,7 +8,8 @@ from django.core.checks import Error, Tags, Warning, register
 
 from .conf import DEFAULTS
 
-_BOOLS = ("METRICS", "LOGS", "CONFIGURE_LOGGING")
+_BOOLS = ("METRICS", "LOGS", "CONFIGURE_LOGGING", "TRACING", "MESSAGE_SPANS",
+          "SPLIT_CONNECTION_SPAN", "INJECT_TRACEPARENT")
 
 
 def settings_errors():
@@ -50,6 +52,33 @@ def settings_errors():
     if not (isinstance(level, str) and isinstance(logging.getLevelName(level), int)):
         errors.append(Error('WSMONITOR["LOG_LEVEL"] must be a logging level name such as "INFO".',
                             id="wsmonitor.E008"))
+    if user.get("TRACE_MODEL", "message") not in ("message", "connection"):
+        errors.append(Error('WSMONITOR["TRACE_MODEL"] must be "message" or "connection".',
+                            id="wsmonitor.E009"))
+    field = user.get("TRACEPARENT_FIELD", "traceparent")
+    if not (isinstance(field, str) and field):
+        errors.append(Error('WSMONITOR["TRACEPARENT_FIELD"] must be a non-empty string.',
+                            id="wsmonitor.E010"))
+    error_codes = user.get("ERROR_CLOSE_CODES", ())
+    if not (isinstance(error_codes, (list, tuple, set, frozenset)) and all(
+            type(code) is int and 3000 <= code <= 4999 for code in error_codes)):
+        errors.append(Error('WSMONITOR["ERROR_CLOSE_CODES"] must be a list of application '
+                            "close codes (int, 3000-4999).", id="wsmonitor.E011"))
+    networks = user.get("METRICS_ALLOWED_NETWORKS")
+    if networks is not None:
+        try:
+            if isinstance(networks, str):
+                raise ValueError("a list is needed")
+            for network in networks:
+                ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError) as exc:
+            errors.append(Error(
+                f'WSMONITOR["METRICS_ALLOWED_NETWORKS"] must be a list of networks such as '
+                f'"10.0.0.0/8": {exc}.', id="wsmonitor.E012"))
+    token = user.get("METRICS_TOKEN")
+    if token is not None and not (isinstance(token, str) and len(token) >= 16):
+        errors.append(Error('WSMONITOR["METRICS_TOKEN"] must be a string of at least 16 '
+                            "characters, or None.", id="wsmonitor.E013"))
     return errors
 
 

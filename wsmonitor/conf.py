@@ -23,6 +23,26 @@ DEFAULTS = {
     # Application close codes (3000-4999) exported as themselves in the
     # ``code`` label, with their meaning; undeclared ones fold to 3xxx / 4xxx.
     "CLOSE_CODES": {},
+    # OpenTelemetry (per consumer: ``wsmonitor_tracing``). Spans are made only
+    # when the application installed a TracerProvider.
+    "TRACING": True,
+    # "message": each received message starts its own trace, linked to the
+    # connection span; "connection": message spans are its children.
+    "TRACE_MODEL": "message",
+    "MESSAGE_SPANS": True,
+    # End ws.connection once the handshake is accepted and record the close
+    # as a short ws.close span linked to it (for backends that dislike long spans).
+    "SPLIT_CONNECTION_SPAN": False,
+    # JSON messages' field carrying a W3C traceparent, both ways.
+    "TRACEPARENT_FIELD": "traceparent",
+    # Add the current traceparent to JSON messages the server sends.
+    "INJECT_TRACEPARENT": False,
+    # Application close codes (3000-4999) that mark the connection span as an error.
+    "ERROR_CLOSE_CODES": (),
+    # Access to wsmonitor's /metrics view (wsmonitor.urls): client networks
+    # (CIDR strings) allowed, and/or a bearer token required. None: no rule.
+    "METRICS_ALLOWED_NETWORKS": None,
+    "METRICS_TOKEN": None,
     # Accepted connections one node is sized for; exported as the
     # ``ws_connections_capacity`` gauge for the capacity alert when set.
     "CAPACITY": None,

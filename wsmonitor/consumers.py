@@ -6,35 +6,47 @@ and never need to call ``super()`` in their hooks.
 """
 
 import asyncio
+import contextlib
 import time
 import uuid
 
 import structlog
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import metrics as _metrics
+from . import tracing
 from .conf import get_config
 from .logging import logger
 
 _UNSET = object()
+_STAGES = {"websocket.connect": "connect", "websocket.receive": "receive",
+           "websocket.disconnect": "disconnect"}
+ENVELOPE_KEY = "_wsmonitor"  # channel-layer events: wsmonitor's own data (trace context)
 
 
 class Connection:
-    """Per-connection state: what the close log line and the metrics need."""
+    """Per-connection state: what the close log line, the metrics and the spans need."""
 
     __slots__ = (
-        "session_id", "metrics", "logs", "asgi_send", "accepted_at", "rejected",
-        "code", "counted_error", "messages_in", "messages_out", "bytes_in", "bytes_out",
+        "session_id", "label", "metrics", "logs", "tracer", "span", "config", "asgi_send",
+        "accepted_at", "rejected", "code", "counted_error",
+        "messages_in", "messages_out", "bytes_in", "bytes_out",
     )
 
-    def __init__(self, session_id, metrics, logs, asgi_send):
+    def __init__(self, session_id, label, metrics, logs, tracer, config, asgi_send):
         self.session_id = session_id
+        self.label = label
         self.metrics = metrics  # BoundMetrics, or None when metrics are off
         self.logs = logs
+        self.tracer = tracer  # None when tracing is off or no provider is installed
+        self.span = None  # the ws.connection span
+        self.config = config
         self.asgi_send = asgi_send
         self.accepted_at = None
-        self.rejected = False
+        self.rejected = None  # the reject reason, once refused
         self.code = _UNSET
         self.counted_error = None  # the exception already counted at its stage
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
@@ -48,43 +60,50 @@ def _payload_size(message):
     return len(data) if data is not None else 0
 
 
-_STAGES = {"websocket.connect": "connect", "websocket.receive": "receive",
-           "websocket.disconnect": "disconnect"}
+def _switch(consumer_value, setting):
+    return setting if consumer_value is None else consumer_value
 
 
 class InstrumentedMixin:
-    """Metrics, logs and session IDs for a channels WebSocket consumer."""
+    """Metrics, logs, spans and session IDs for a channels WebSocket consumer."""
 
     #: Value of the ``consumer`` label; defaults to the class name.
     wsmonitor_label = None
-    #: Per-consumer switches; None follows ``WSMONITOR["METRICS"]`` / ``["LOGS"]``.
+    #: Per-consumer switches; None follows ``WSMONITOR["METRICS"]`` / ``["LOGS"]`` / ``["TRACING"]``.
     wsmonitor_metrics = None
     wsmonitor_logs = None
+    wsmonitor_tracing = None
 
     _wsm = None
     session_id = None
 
     async def __call__(self, scope, receive, send):
         config = get_config()
-        metrics_on = config["METRICS"] if self.wsmonitor_metrics is None else self.wsmonitor_metrics
-        logs_on = config["LOGS"] if self.wsmonitor_logs is None else self.wsmonitor_logs
-        if not (metrics_on or logs_on):
+        metrics_on = _switch(self.wsmonitor_metrics, config["METRICS"])
+        logs_on = _switch(self.wsmonitor_logs, config["LOGS"])
+        tracer = tracing.get_tracer() if _switch(self.wsmonitor_tracing, config["TRACING"]) else None
+        if not (metrics_on or logs_on or tracer):
             return await super().__call__(scope, receive, send)
 
         self.session_id = session_id = str(uuid.uuid4())
         scope.setdefault("wsmonitor", {})["session_id"] = session_id
         label = self.wsmonitor_label or type(self).__name__
-        self._wsm = conn = Connection(
-            session_id, _metrics.bound(label) if metrics_on else None, logs_on, send
-        )
-        crashed = False
-        with structlog.contextvars.bound_contextvars(session_id=session_id):
+        self._wsm = conn = Connection(session_id, label,
+                                      _metrics.bound(label) if metrics_on else None,
+                                      logs_on, tracer, config, send)
+        span_scope = contextlib.nullcontext()
+        if tracer is not None:
+            conn.span = tracing.start_connection_span(tracer, scope, session_id, label)
+            span_scope = trace.use_span(conn.span, record_exception=False,
+                                        set_status_on_exception=False)
+        crashed = None
+        with structlog.contextvars.bound_contextvars(session_id=session_id), span_scope:
             try:
                 await super().__call__(scope, receive, self._wsm_send)
             except asyncio.CancelledError:
                 raise  # server shutdown: daphne cancels without a close frame
             except BaseException as exc:
-                crashed = True
+                crashed = exc
                 if exc is not conn.counted_error:
                     # Raised outside any handler: the channel layer's receive.
                     self._wsm_error("layer", exc)
@@ -96,35 +115,54 @@ class InstrumentedMixin:
         conn = self._wsm
         if conn is None:
             return await super().dispatch(message)
-        kind = message["type"]
-        stage = _STAGES.get(kind, "handler")
+        stage = _STAGES.get(message["type"], "handler")
+        m = conn.metrics
+        started = None
         if stage == "receive":
             size = _payload_size(message)
             conn.messages_in += 1
             conn.bytes_in += size
-            m = conn.metrics
             if m is not None:
                 m.messages_in.inc()
                 m.size_in.observe(size)
                 started = time.perf_counter()
-                try:
-                    return await super().dispatch(message)
-                except StopConsumer:
-                    raise
-                except Exception as exc:
-                    self._wsm_error(stage, exc)
-                    raise
-                finally:
-                    m.handling.observe(time.perf_counter() - started)
         elif stage == "disconnect" and conn.code is _UNSET:
             conn.code = message.get("code")
+        span = None
+        if conn.tracer is not None and (stage == "receive" or stage == "handler"):
+            span = self._wsm_handler_span(conn, stage, message)
         try:
-            return await super().dispatch(message)
+            if span is None:
+                return await super().dispatch(message)
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                return await super().dispatch(message)
         except StopConsumer:
             raise
         except Exception as exc:
-            self._wsm_error(stage, exc)
+            self._wsm_error(stage, exc, span)
             raise
+        finally:
+            if started is not None:
+                m.handling.observe(time.perf_counter() - started)
+            if span is not None:
+                span.end()
+
+    def _wsm_handler_span(self, conn, stage, message):
+        config = conn.config
+        if stage == "receive":
+            if not config["MESSAGE_SPANS"]:
+                return None
+            parent = (tracing.message_context(message.get("text"), config["TRACEPARENT_FIELD"])
+                      if isinstance(self, AsyncJsonWebsocketConsumer) else None)
+            name, kind = f"{conn.label} receive", SpanKind.SERVER
+            new_trace = config["TRACE_MODEL"] == "message"
+        else:
+            parent = tracing.envelope_context(message.get(ENVELOPE_KEY))
+            if parent is None:
+                return None  # only events that carry a trace continue one
+            name, kind, new_trace = f"{conn.label} {message['type']}", SpanKind.CONSUMER, True
+        return tracing.start_handler_span(conn.tracer, name, parent, conn.span,
+                                          conn.session_id, kind, new_trace)
 
     async def _wsm_send(self, message):
         """The ASGI ``send`` channels sees: counts what really goes out."""
@@ -161,28 +199,37 @@ class InstrumentedMixin:
         if m is not None:
             m.connects.inc()
             m.active.inc()
+        subprotocol = message.get("subprotocol")
+        if conn.span is not None:
+            if subprotocol:
+                conn.span.set_attribute("websocket.subprotocol", subprotocol)
+            if conn.config["SPLIT_CONNECTION_SPAN"]:
+                conn.span.end()
         if conn.logs:
             client = self.scope.get("client")
             logger.info(
-                "ws_open", consumer=self.wsmonitor_label or type(self).__name__,
-                path=self.scope.get("path"), client=f"{client[0]}:{client[1]}" if client else None,
-                subprotocol=message.get("subprotocol"),
+                "ws_open", consumer=conn.label, path=self.scope.get("path"),
+                client=f"{client[0]}:{client[1]}" if client else None, subprotocol=subprotocol,
             )
 
     def _wsm_rejected(self, reason):
         conn = self._wsm
-        conn.rejected = True
+        conn.rejected = reason
         if conn.metrics is not None:
             conn.metrics.rejected(reason)
         if conn.logs:
-            logger.info("ws_reject", consumer=self.wsmonitor_label or type(self).__name__,
-                        path=self.scope.get("path"), reason=reason)
+            logger.info("ws_reject", consumer=conn.label, path=self.scope.get("path"),
+                        reason=reason)
 
-    def _wsm_error(self, stage, exc):
+    def _wsm_error(self, stage, exc, span=None):
         conn = self._wsm
         conn.counted_error = exc
         if conn.metrics is not None:
             conn.metrics.error(stage)
+        span = span or trace.get_current_span()  # the message span, else the connection's
+        if span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__} in {stage}"))
         if conn.logs:
             logger.error("ws_error", stage=stage, exc_info=exc)
 
@@ -192,18 +239,27 @@ class InstrumentedMixin:
         if conn.accepted_at is None:
             if not conn.rejected:
                 self._wsm_rejected("error" if crashed else "abandoned")
+            if conn.span is not None:
+                tracing.end_connection_span(conn.span, None, conn, (), conn.rejected)
             return
         code = conn.code
         if code is _UNSET:
             # daphne answers an application exception with 1011; a cancelled
             # task (shutdown) ends the TCP connection without a close frame.
             code = 1011 if crashed else 1006
+        elif code is None:
+            code = 1005  # a close frame without a status code
         duration = time.monotonic() - conn.accepted_at
         m = conn.metrics
         if m is not None:
             m.active.dec()
             m.closed(code)
             m.duration.observe(duration)
+        if conn.span is not None:
+            span = conn.span
+            if conn.config["SPLIT_CONNECTION_SPAN"]:
+                span = tracing.start_close_span(conn.tracer, span, conn.session_id)
+            tracing.end_connection_span(span, code, conn, conn.config["ERROR_CLOSE_CODES"])
         if conn.logs:
             logger.info(
                 "ws_close", code=code, duration=round(duration, 6),
@@ -213,8 +269,18 @@ class InstrumentedMixin:
 
 
 class InstrumentedAsyncWebsocketConsumer(InstrumentedMixin, AsyncWebsocketConsumer):
-    """channels' ``AsyncWebsocketConsumer`` with wsmonitor's metrics and logs."""
+    """channels' ``AsyncWebsocketConsumer`` with wsmonitor's metrics, logs and spans."""
 
 
 class InstrumentedAsyncJsonWebsocketConsumer(InstrumentedMixin, AsyncJsonWebsocketConsumer):
-    """channels' ``AsyncJsonWebsocketConsumer`` with wsmonitor's metrics and logs."""
+    """channels' ``AsyncJsonWebsocketConsumer`` with wsmonitor's metrics, logs and spans."""
+
+    async def send_json(self, content, close=False):
+        conn = self._wsm
+        if (conn is not None and conn.tracer is not None and conn.config["INJECT_TRACEPARENT"]
+                and isinstance(content, dict)):
+            # Reverse propagation: the client can continue the server's trace.
+            carrier = tracing.inject({})
+            if "traceparent" in carrier:
+                content = {**content, conn.config["TRACEPARENT_FIELD"]: carrier["traceparent"]}
+        await super().send_json(content, close=close)

@@ -4,6 +4,7 @@ import logging
 import re
 
 import structlog
+from opentelemetry import trace
 
 from .conf import get_config
 
@@ -20,6 +21,15 @@ def _escape_controls(_logger, _name, event_dict):
     return event_dict
 
 
+def add_trace_ids(_logger, _name, event_dict):
+    """Correlate a log line with its trace: the current span's trace and span IDs."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
 class _Handler(logging.StreamHandler):
     """wsmonitor's root handler (a class of its own so tests can find it)."""
 
@@ -29,6 +39,7 @@ def configure():
     config = get_config()
     shared = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -54,3 +54,28 @@ def assert_metric_diff(before, name, expected, after=None, **labels):
         raise AssertionError(
             f"{name}{{{selector}}} changed by {actual:g}, expected {expected:g}"
         )
+
+
+_exporter = None
+
+
+def span_exporter():
+    """An in-memory exporter on an SDK TracerProvider installed once for the process, emptied.
+
+    Use it as a pytest fixture body; wsmonitor traces with whatever provider is global.
+    """
+    global _exporter
+    if _exporter is None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        _exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:
+            raise RuntimeError("another TracerProvider is installed already")
+    _exporter.clear()
+    return _exporter

@@ -1,0 +1,54 @@
+"""The /metrics view: django-prometheus's export behind wsmonitor's access settings."""
+
+import hmac
+import ipaddress
+from functools import lru_cache
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.http import HttpResponseForbidden
+from django.views.decorators.http import require_GET
+from django_prometheus.exports import ExportToDjangoView
+
+from .conf import get_config
+
+
+@lru_cache(maxsize=1)
+def _networks():
+    networks = get_config()["METRICS_ALLOWED_NETWORKS"]
+    if networks is None:
+        return None
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+@receiver(setting_changed)
+def _reset(*, setting, **kwargs):
+    if setting == "WSMONITOR":
+        _networks.cache_clear()
+
+
+def allowed(request):
+    """Whether the request passes every configured rule (address, then bearer token)."""
+    networks = _networks()
+    if networks is not None:
+        try:
+            address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        except ValueError:
+            return False
+        if not any(address in network for network in networks):
+            return False
+    token = get_config()["METRICS_TOKEN"]
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 token.encode()):
+            return False
+    return True
+
+
+@require_GET
+def metrics(request):
+    """Serve the Prometheus metrics page, or 403 when the request is not allowed."""
+    if not allowed(request):
+        return HttpResponseForbidden("metrics: forbidden\n", content_type="text/plain")
+    return ExportToDjangoView(request)
