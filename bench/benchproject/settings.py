@@ -33,13 +33,15 @@ WSMONITOR = {
     "NODE": "bench",
     "METRICS": True,
     "LOGS": True,
+    "TRACING": VARIANT == "tracing",
     "LOG_FORMAT": "json",
 }
 if VARIANT == "tracing":
-    # Connection spans and message spans, every one sampled. Issue 3 may name these keys
-    # differently: `python -m bench.probe tracing` reports the variant unavailable while wsmonitor's
-    # checks reject them.
-    WSMONITOR.update({"TRACING": True, "TRACE_MESSAGES": True, "TRACE_SAMPLE_RATE": 1.0})
+    # Connection spans and one span per received message (TRACE_MODEL "message", the default: each
+    # message its own trace, linked to the connection span); every span sampled (ALWAYS_ON in
+    # tracing.py). `python -m bench.probe tracing` reports the variant unavailable while the
+    # installed wsmonitor lacks wsmonitor.tracing or its checks reject these keys.
+    WSMONITOR.update({"MESSAGE_SPANS": True, "TRACE_MODEL": "message"})
 
 LOGGING = {
     "version": 1,

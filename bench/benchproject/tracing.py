@@ -1,5 +1,6 @@
 """An SDK TracerProvider whose spans go through a BatchSpanProcessor to an exporter that drops them."""
 
+import os
 import sys
 
 from opentelemetry import trace
@@ -20,7 +21,7 @@ class DiscardingExporter(SpanExporter):
 
     def shutdown(self):
         # Lands in the daphne log (bench/results/daphne-VARIANT.log.tmp): proof spans were made.
-        print(f"bench: discarding exporter dropped {self.exported} spans", file=sys.stderr, flush=True)
+        print(f"bench: discarding exporter (pid {os.getpid()}) dropped {self.exported} spans", file=sys.stderr, flush=True)
 
 
 def install_discarding_tracer_provider():
