@@ -55,7 +55,7 @@ def markdown(results):
     for t in results["targets"]:
         measured = t["measured"]
         if isinstance(measured, float):
-            measured = f"{measured:+.2f} KB/conn" if "memory" in t["target"] else f"{measured:.2f}×"
+            measured = f"{measured:+.2f} KB/conn" if "memory" in t["target"] else f"{measured:.3f}×"
         lines.append(f"| {t['target']} | {t['variant']} | {measured if measured is not None else '–'} | {t['status']} |")
 
     lines += [
@@ -67,7 +67,7 @@ def markdown(results):
     ]
     for variant, row in summary["echo"].items():
         lines.append(
-            f"| {variant} | {_num(row['msgs_per_s'])} | {_spread(row['ratio'])} | {_num(row['rtt_p50_ms'], '{:.2f}')} "
+            f"| {variant} | {_num(row['msgs_per_s'])} | {_spread(row['ratio'], '{:.3f}')} | {_num(row['rtt_p50_ms'], '{:.2f}')} "
             f"| {_num(row['rtt_p99_ms'], '{:.2f}')} | {_num(row['server_cpu_us_per_msg'])} "
             f"| {_spread(row['server_cpu_ratio'])} | {_num(row['server_cpu_utilisation'], '{:.2f}')} |"
         )
@@ -103,7 +103,7 @@ def markdown(results):
     ]
     for variant, row in summary["fanout"].items():
         lines.append(
-            f"| {variant} | {_num(row['deliveries_per_s'])} | {_spread(row['ratio'])} | {row['dropped_total']} "
+            f"| {variant} | {_num(row['deliveries_per_s'])} | {_spread(row['ratio'], '{:.3f}')} | {row['dropped_total']} "
             f"| {_num(row['server_cpu_us_per_delivery'])} |"
         )
     if results.get("profiles"):
