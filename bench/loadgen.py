@@ -144,6 +144,7 @@ async def echo(args):
     await asyncio.gather(*(run(ws, i, args.warmup, False) for i, ws in enumerate(connections)))
     await asyncio.to_thread(procstat.wait_quiet, args.pid)
     cpu_before = procstat.cpu_seconds(args.pid)
+    busy_before, steal_before = procstat.system_busy_seconds()
     client_cpu_before = time.process_time()
     started = time.perf_counter()
     timed_out = False
@@ -155,6 +156,9 @@ async def echo(args):
     elapsed = time.perf_counter() - started
     cpu_used = procstat.cpu_seconds(args.pid) - cpu_before
     client_cpu = time.process_time() - client_cpu_before
+    busy_after, steal_after = procstat.system_busy_seconds()
+    # CPU the rest of the machine used meanwhile (other processes): a noisy-neighbour gauge.
+    foreign = busy_after - busy_before - cpu_used - client_cpu
     await _close_many(connections)
     done = len(rtts)
     rtts.sort()
@@ -174,6 +178,8 @@ async def echo(args):
         "server_cpu_us_per_msg": cpu_used / done * 1e6 if done else None,
         "server_cpu_utilisation": cpu_used / elapsed if elapsed > 0 else None,
         "client_cpu_utilisation": client_cpu / elapsed if elapsed > 0 else None,
+        "foreign_cpu_cores": max(0.0, foreign / elapsed) if elapsed > 0 else None,
+        "steal_cores": (steal_after - steal_before) / elapsed if elapsed > 0 else None,
         "handshake_p99_ms": _percentile(sorted(handshakes), 0.99) * 1e3,
         "client": args.client,
     }

@@ -36,3 +36,27 @@ def wait_quiet(pid, *, below=0.05, interval=0.2, timeout=10.0):
             return True
         last = now
     return False
+
+
+def system_busy_seconds():
+    """Return (busy, steal) CPU seconds of the whole machine so far, all cores added up."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def wait_machine_quiet(*, below=0.25, interval=1.0, timeout=15.0):
+    """Wait until the whole machine uses less than `below` cores over `interval`; bounded.
+
+    Returns the load (cores) last seen: other processes on a shared machine (tests, browsers) take
+    CPU from daphne and the load generator and skew a round.
+    """
+    deadline = time.monotonic() + timeout
+    load = None
+    while True:
+        before = system_busy_seconds()[0]
+        time.sleep(interval)
+        load = (system_busy_seconds()[0] - before) / interval
+        if load < below or time.monotonic() >= deadline:
+            return load

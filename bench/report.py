@@ -37,7 +37,10 @@ def markdown(results):
         f"- Echo: {cfg['connections']} connections × {cfg['messages']} messages × {cfg['size']} B after "
         f"{cfg['warmup']} warm-up messages each; closed loop, one message in flight per connection "
         f"(send, await the echo, send the next); connect concurrency ≤ 40. Server CPU is daphne's "
-        "utime+stime from /proc/<pid>/stat around the measured burst.",
+        "utime+stime from /proc/<pid>/stat around the measured burst; \"others' CPU\" is what the rest "
+        "of the machine used meanwhile (/proc/stat busy time less daphne and the load generator). "
+        f"Before each variant the runner waits up to {cfg.get('quiet_wait', 0):.0f} s for the machine to "
+        "fall below 0.25 busy cores.",
         f"- Idle memory: daphne's VmRSS before and after opening {cfg['idle']} idle connections (same "
         "process, after the echo run), divided by the count.",
         f"- /metrics: median of {cfg['scrapes']} sequential GETs with 0 connections open and with "
@@ -49,27 +52,37 @@ def markdown(results):
         "",
         "## Targets",
         "",
-        "| target | variant | measured (median) | status |",
-        "| --- | --- | --- | --- |",
+        "| target | variant | measured (median) | status | CPU view: plain µs/msg ÷ variant µs/msg |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for t in results["targets"]:
         measured = t["measured"]
         if isinstance(measured, float):
             measured = f"{measured:+.2f} KB/conn" if "memory" in t["target"] else f"{measured:.3f}×"
-        lines.append(f"| {t['target']} | {t['variant']} | {measured if measured is not None else '–'} | {t['status']} |")
+        capacity = _num(t.get("cpu_capacity_ratio"), "{:.3f}×")
+        lines.append(f"| {t['target']} | {t['variant']} | {measured if measured is not None else '–'} "
+                     f"| {t['status']} | {capacity} |")
+    lines += [
+        "",
+        "Status is judged on the median throughput ratio, as the targets are worded. The last column "
+        "is the same comparison made with daphne's CPU time per message instead of wall-clock "
+        "throughput: the capacity ratio to expect when the server is CPU-bound, and less sensitive "
+        "to other processes on a shared machine (see \"others' CPU\" below).",
+    ]
 
     lines += [
         "",
         "## Echo throughput",
         "",
-        "| variant | msgs/s (median) | ratio to plain | RTT p50 ms | RTT p99 ms | server µs/msg | CPU ratio | server CPU use |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | msgs/s (median) | ratio to plain | RTT p50 ms | RTT p99 ms | server µs/msg | CPU ratio | server CPU use | others' CPU, cores |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for variant, row in summary["echo"].items():
         lines.append(
             f"| {variant} | {_num(row['msgs_per_s'])} | {_spread(row['ratio'], '{:.3f}')} | {_num(row['rtt_p50_ms'], '{:.2f}')} "
             f"| {_num(row['rtt_p99_ms'], '{:.2f}')} | {_num(row['server_cpu_us_per_msg'])} "
-            f"| {_spread(row['server_cpu_ratio'])} | {_num(row['server_cpu_utilisation'], '{:.2f}')} |"
+            f"| {_spread(row['server_cpu_ratio'])} | {_num(row['server_cpu_utilisation'], '{:.2f}')} "
+            f"| {_num(row.get('foreign_cpu_cores'), '{:.2f}')} |"
         )
     lines += [
         "",

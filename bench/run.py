@@ -22,7 +22,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from bench import report, variants
+from bench import procstat, report, variants
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -31,11 +31,11 @@ DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
 
 FULL = dict(
     rounds=7, connections=50, messages=200, size=100, warmup=5, idle=2000, scrapes=10,
-    fanout_connections=20, fanout_messages=20, timeout=120.0,
+    fanout_connections=20, fanout_messages=20, timeout=120.0, quiet_wait=15.0,
 )
 QUICK = dict(
     rounds=1, connections=5, messages=20, size=100, warmup=2, idle=50, scrapes=3,
-    fanout_connections=5, fanout_messages=5, timeout=20.0,
+    fanout_connections=5, fanout_messages=5, timeout=20.0, quiet_wait=0.0,
 )
 
 VERSIONED = (
@@ -159,6 +159,7 @@ def probe(variant):
 
 
 def run_echo_variant(variant, config):
+    machine_load = procstat.wait_machine_quiet(timeout=config["quiet_wait"]) if config["quiet_wait"] else None
     with Server(variant) as server:
         echo = loadgen(
             "echo", server, config, connections=config["connections"], messages=config["messages"],
@@ -168,10 +169,13 @@ def run_echo_variant(variant, config):
             "idle", server, config, idle=config["idle"], scrapes=config["scrapes"],
             metrics_url=server.metrics_url,
         )
+    echo["machine_load_before_cores"] = machine_load
     return echo, idle
 
 
 def run_fanout_variant(variant, config):
+    if config["quiet_wait"]:
+        procstat.wait_machine_quiet(timeout=config["quiet_wait"])
     with Server(variant) as server:
         return loadgen(
             "fanout", server, config, connections=config["fanout_connections"],
@@ -251,6 +255,8 @@ def summarise(rounds, available):
             "server_cpu_us_per_msg": median_of(ok_rows, "server_cpu_us_per_msg"),
             "server_cpu_ratio": spread(cpu_ratios),
             "server_cpu_utilisation": median_of(ok_rows, "server_cpu_utilisation"),
+            "foreign_cpu_cores": median_of(ok_rows, "foreign_cpu_cores"),
+            "capacity_ratio": spread([1 / r for r in cpu_ratios if r]),
             "errors": [row["error"] for row in echo_rows if row and "error" in row],
         }
         idle_rows = [r["idle"].get(variant) for r in rounds]
@@ -300,7 +306,9 @@ def targets(summary):
         status = "n/a" if value is None or threshold is None else ("pass" if value >= threshold else "FAIL")
         if threshold is None:
             status = "n/a" if value is None else "reference"
-        return {"target": label, "variant": variant, "measured": value, "status": status}
+        capacity = entry and entry.get("capacity_ratio") and entry["capacity_ratio"]["median"]
+        return {"target": label, "variant": variant, "measured": value, "status": status,
+                "cpu_capacity_ratio": capacity}
 
     def memory_target(variant, limit, label):
         entry = summary["idle"].get(variant)
@@ -388,7 +396,8 @@ def main(argv=None):
             echo, idle = result["echo"][variant], result["idle"][variant]
             log(f"round {number} {variant}: "
                 + (f"{echo['msgs_per_s']:.0f} msg/s, p99 {echo['rtt_p99_ms']:.1f} ms, "
-                   f"{echo['server_cpu_us_per_msg']:.0f} us/msg" if "error" not in echo else echo["error"])
+                   f"{echo['server_cpu_us_per_msg']:.0f} us/msg, server CPU {echo['server_cpu_utilisation']:.2f}, "
+                   f"others {echo['foreign_cpu_cores']:.2f} cores" if "error" not in echo else echo["error"])
                 + (f"; idle {idle['kb_per_conn']:.1f} KB/conn" if "error" not in idle else "; idle " + idle["error"]))
         for variant in variants.FANOUT_VARIANTS:
             if variant not in available:
@@ -441,7 +450,8 @@ def main(argv=None):
         log(f"wrote {markdown_path}")
     failed = [t for t in results["targets"] if t["status"] == "FAIL"]
     for t in results["targets"]:
-        log(f"target {t['status']:>4}: {t['target']} [{t['variant']}] measured {t['measured']}")
+        log(f"target {t['status']:>4}: {t['target']} [{t['variant']}] measured {t['measured']}"
+            + (f", CPU-based {t['cpu_capacity_ratio']:.3f}" if t.get("cpu_capacity_ratio") else ""))
     errors = [v for section in ("echo", "idle", "fanout") for r in rounds for v, row in r[section].items()
               if row and "error" in row]
     # Missed targets are a finding, not a harness failure: only errors change the exit status.
