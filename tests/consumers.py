@@ -84,3 +84,42 @@ class BrokenLayer(InMemoryChannelLayer):
     async def receive(self, channel):
         await self.fail.wait()
         raise TimeoutError("Timeout reading from 127.0.0.1:6379")
+
+
+class FlakyLayer(InMemoryChannelLayer):
+    """An in-memory layer whose receive fails for chosen channels, on demand."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.failing = {}
+
+    def fail(self, channel):
+        self.failing.setdefault(channel, asyncio.Event()).set()
+
+    async def new_channel(self, prefix="specific."):
+        # Hypothesis reseeds `random`, so channel names repeat across examples.
+        channel = await super().new_channel(prefix)
+        self.failing.pop(channel, None)
+        return channel
+
+    async def receive(self, channel):
+        failed = asyncio.ensure_future(self.failing.setdefault(channel, asyncio.Event()).wait())
+        received = asyncio.ensure_future(super().receive(channel))
+        try:
+            done, _ = await asyncio.wait({failed, received}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+            received.cancel()
+        if received in done and not received.cancelled():
+            return received.result()
+        raise TimeoutError("Timeout reading from 127.0.0.1:6379")
+
+
+class FlakyEcho(Echo):
+    channel_layer_alias = "flaky"
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data == "whoami":
+            await self.send(text_data=self.channel_name)
+            return
+        await super().receive(text_data, bytes_data)

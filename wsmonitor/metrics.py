@@ -93,6 +93,14 @@ class BoundMetrics:
         self.messages_out = MESSAGES.labels(consumer, node, "out")
         self.size_in = MESSAGE_SIZE.labels(consumer, node, "in")
         self.size_out = MESSAGE_SIZE.labels(consumer, node, "out")
+        # Start the series alerts read at 0: rate() cannot see the step of a
+        # series that first appears already at 1.
+        for code in ("1000", "1001", "1006", "1011"):
+            CLOSES.labels(consumer, node, code)
+        for reason in REJECT_REASONS:
+            CONNECTS_REJECTED.labels(consumer, node, reason)
+        for stage in ERROR_STAGES:
+            ERRORS.labels(consumer, node, stage)
 
     def closed(self, code):
         CLOSES.labels(self.consumer, self.node, close_code_label(code, self.declared)).inc()
