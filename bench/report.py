@@ -34,6 +34,10 @@ def markdown(results):
         "plain, metrics, tracing, otel-asgi (then layer-plain, layer-instrumented), so variants are "
         "interleaved and every ratio divides by the baseline of the same round. Shown: median (min–max) "
         "of the per-round ratios.",
+        f"- CPUs: daphne pinned to CPU {cfg.get('pinned_cpus', {}).get('daphne')}, the load generator to CPU "
+        f"{cfg.get('pinned_cpus', {}).get('load generator')} (None: not pinned). One daphne process uses one "
+        "core; pinning keeps channels' per-message thread hop on that core, which makes CPU per message "
+        "stable whatever else the machine runs.",
         f"- Echo: {cfg['connections']} connections × {cfg['messages']} messages × {cfg['size']} B after "
         f"{cfg['warmup']} warm-up messages each; closed loop, one message in flight per connection "
         f"(send, await the echo, send the next); connect concurrency ≤ 40. Server CPU is daphne's "

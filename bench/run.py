@@ -1,6 +1,8 @@
 """Benchmark runner: ``python -m bench`` (``--quick`` for a smoke run, ``--help`` for the knobs).
 
-Each round starts one fresh daphne per variant, in the same order every round (plain, metrics,
+daphne is pinned to one CPU and the load generator to another (BENCH_NO_PIN=1 turns it off):
+channels hops to a thread per message, and without pinning that hop costs more or less CPU
+depending on whether another core happens to be idle. Each round starts one fresh daphne per variant, in the same order every round (plain, metrics,
 tracing, otel-asgi), measures echo throughput, then idle memory and /metrics scrapes on the same
 process, and stops it; then the fan-out variants run the same way over real Redis. Every variant
 is reported as a ratio to the baseline measured in the same round, with min / median / max over
@@ -30,8 +32,8 @@ DEFAULT_JSON = RESULTS / "latest.json"
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
 
 FULL = dict(
-    rounds=7, connections=50, messages=200, size=100, warmup=5, idle=2000, scrapes=10,
-    fanout_connections=20, fanout_messages=20, timeout=120.0, quiet_wait=15.0,
+    rounds=6, connections=50, messages=200, size=100, warmup=5, idle=2000, scrapes=10,
+    fanout_connections=20, fanout_messages=20, timeout=120.0, quiet_wait=4.0,
 )
 QUICK = dict(
     rounds=1, connections=5, messages=20, size=100, warmup=2, idle=50, scrapes=3,
@@ -47,6 +49,23 @@ VERSIONED = (
 
 def log(message):
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _cpus():
+    """(server CPU, client CPU) to pin to, or (None, None) when pinning is off or impossible."""
+    if os.environ.get("BENCH_NO_PIN") or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None, None
+    return allowed[0], allowed[1]
+
+
+def _pinned(cpu):
+    """A preexec_fn pinning the child to `cpu` (threads it starts later inherit it)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
 
 
 def free_port():
@@ -90,7 +109,7 @@ class Server:
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=server_env(self.variant), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, preexec_fn=_pinned(_cpus()[0]),
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -132,7 +151,7 @@ def loadgen(mode, server, config, **extra):
         command += [f"--{key.replace('_', '-')}", str(value)]
     completed = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=config["timeout"] * 2 + 60,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=_pinned(_cpus()[1]),
     )
     try:
         return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -434,7 +453,7 @@ def main(argv=None):
         "quick": args.quick,
         "machine": machine(),
         "versions": versions(),
-        "config": config,
+        "config": dict(config, pinned_cpus=dict(zip(("daphne", "load generator"), _cpus()))),
         "variants": {v: dict(availability[v], description=variants.DESCRIPTIONS[v]) for v in availability},
         "rounds": rounds,
         "summary": summary,
