@@ -226,6 +226,12 @@ def versions():
         except metadata.PackageNotFoundError:
             found[name] = None
     try:
+        import wsmonitor
+
+        found["wsmonitor"] = getattr(wsmonitor, "__version__", "?")
+    except ImportError:
+        found["wsmonitor"] = None
+    try:
         found["wsmonitor (git)"] = subprocess.run(
             ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True,
             timeout=10,
@@ -386,7 +392,8 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, config = parse_args(argv)
-    json_path = args.json or DEFAULT_JSON
+    # A smoke run never overwrites the committed results.
+    json_path = args.json or (RESULTS / "quick.json.tmp" if args.quick else DEFAULT_JSON)
     markdown_path = args.markdown or (None if args.quick else DEFAULT_MARKDOWN)
     RESULTS.mkdir(parents=True, exist_ok=True)
     wanted = set(args.variants.split(",")) | set(variants.BASELINE.values())
