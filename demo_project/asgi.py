@@ -11,10 +11,11 @@ django_asgi_app = get_asgi_application()  # sets Django up before consumers are 
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from demo_project.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    "http": ASGIStaticFilesHandler(django_asgi_app),  # the demo serves wsmonitor.js itself
     "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
 })

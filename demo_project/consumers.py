@@ -1,5 +1,6 @@
 """The demo's consumers: plain channels code on wsmonitor's base classes."""
 
+import asyncio
 import re
 
 from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer, InstrumentedAsyncWebsocketConsumer
@@ -19,6 +20,8 @@ class EchoConsumer(InstrumentedAsyncWebsocketConsumer):
 
 class ChatConsumer(InstrumentedAsyncJsonWebsocketConsumer):
     """A room chat: every message goes to every member through the channel layer group."""
+
+    wsmonitor_heartbeat = True  # WSMONITOR["HEARTBEAT_INTERVAL"]; wsmonitor.js answers
 
     async def connect(self):
         room = self.scope["url_route"]["kwargs"]["room"]
@@ -41,3 +44,52 @@ class ChatConsumer(InstrumentedAsyncJsonWebsocketConsumer):
 
     async def chat_message(self, event):
         await self.send_json({"message": event["message"], "session_id": event["session_id"]})
+
+
+WORDS = ("the answer streams in chunks so the first words arrive long before the last one "
+         "and every chunk is measured").split()
+
+
+class StreamConsumer(InstrumentedAsyncJsonWebsocketConsumer):
+    """A simulated streamed answer: send {"prompt": "...", "chunks": 20, "delay": 0.05, "size": 0}.
+
+    Replies {"type": "chunk", "index": i, "text": "..."} per chunk (``size`` pads each to that
+    many characters), then {"type": "done", "chunks": n}. The answer runs in a task, so the
+    consumer keeps dispatching (heartbeat pongs included) while it streams.
+    """
+
+    wsmonitor_heartbeat = True
+    wsmonitor_streams = ("answer",)
+    answering = None
+
+    async def connect(self):
+        await self.accept()
+
+    async def disconnect(self, code):
+        if self.answering is not None:
+            self.answering.cancel()
+
+    async def receive_json(self, content, **kwargs):
+        if self.answering is not None and not self.answering.done():
+            await self.send_json({"type": "error", "error": "still answering"})
+            return
+        try:
+            prompt = str(content.get("prompt", ""))[:200]
+            chunks = min(max(int(content.get("chunks", 20)), 1), 10000)
+            delay = min(max(float(content.get("delay", 0.05)), 0.0), 2.0)
+            size = min(max(int(content.get("size", 0)), 0), 65536)
+        except (AttributeError, TypeError, ValueError):
+            await self.send_json({"type": "error", "error": "send {\"prompt\": \"...\"}"})
+            return
+        self.answering = asyncio.create_task(self.answer(prompt, chunks, delay, size))
+
+    async def answer(self, prompt, chunks, delay, size):
+        words = prompt.split() + list(WORDS)
+        async with self.stream("answer") as stream:
+            await asyncio.sleep(delay * 4)  # "thinking" before the first chunk
+            for index in range(chunks):
+                if index:
+                    await asyncio.sleep(delay)  # 0 still yields: pings interleave
+                text = words[index % len(words)] + " "
+                await stream.send({"type": "chunk", "index": index, "text": text.ljust(size)})
+        await self.send_json({"type": "done", "chunks": chunks})

@@ -47,16 +47,22 @@ DATABASES = {"default": {
 }}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# wsmonitor's instrumented backends (drop-in subclasses of channels' and channels_redis's).
 REDIS_URL = os.environ.get("REDIS_URL")
 if REDIS_URL:
     CHANNEL_LAYERS = {"default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # DEMO_CHANNEL_LAYER=pubsub selects channels_redis's pub/sub layer.
+        "BACKEND": "wsmonitor.layers.RedisPubSubChannelLayer"
+        if os.environ.get("DEMO_CHANNEL_LAYER") == "pubsub" else "wsmonitor.layers.RedisChannelLayer",
         # redis-py 8's default 5 s socket timeout equals channels_redis's 5 s
-        # blocking read and kills idle consumers (channels_redis#422).
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+        # blocking read and kills idle consumers (channels_redis#422). Its pool
+        # also caps a process at 100 connections and raises MaxConnectionsError
+        # past that (a burst of 100+ concurrent group_sends does it).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None,
+                              "max_connections": 1000}]},
     }}
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "wsmonitor.layers.InMemoryChannelLayer"}}
 
 WSMONITOR = {
     "NODE": os.environ.get("WSMONITOR_NODE") or None,
@@ -68,6 +74,12 @@ WSMONITOR = {
     "METRICS_ALLOWED_NETWORKS": os.environ.get(
         "WSMONITOR_METRICS_NETWORKS", "127.0.0.0/8,::1/128").split(","),
     "METRICS_TOKEN": os.environ.get("WSMONITOR_METRICS_TOKEN") or None,
+    # Session registry: `manage.py wsmonitor_sessions list` / `close <id> --code 4000`.
+    "REGISTRY_URL": REDIS_URL,
+    "REGISTRY_TTL": int(os.environ.get("WSMONITOR_REGISTRY_TTL", "30")),
+    # The tests shorten these through the environment.
+    "HEARTBEAT_INTERVAL": float(os.environ.get("WSMONITOR_HEARTBEAT_INTERVAL", "20")),
+    "HEARTBEAT_TIMEOUT": float(os.environ.get("WSMONITOR_HEARTBEAT_TIMEOUT", "30")),
 }
 
 # Django's own records go through wsmonitor's structlog handler on the root

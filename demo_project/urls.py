@@ -3,5 +3,7 @@ from django.views.generic import TemplateView
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
-    path("", include("wsmonitor.urls")),  # /metrics, behind WSMONITOR's access rules
+    # /metrics (behind WSMONITOR's access rules; sweeps dead processes in multiprocess mode)
+    # and /wsmonitor/sessions (staff only).
+    path("", include("wsmonitor.urls")),
 ]

@@ -44,8 +44,9 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
 class Daphne:
     """A real daphne process serving the demo project on a loopback port."""
 
-    def __init__(self, tmp_path, env=None, args=(), name="live"):
-        self.port = free_port()
+    def __init__(self, tmp_path, env=None, args=(), name="live",
+                 app="demo_project.asgi:application", port=None):
+        self.port = port or free_port()  # a port: restart a server where clients expect it
         self.log_path = tmp_path / f"daphne-{name}-{self.port}.log"
         full_env = {**os.environ, "DEMO_DB": str(tmp_path / "demo.sqlite3"),
                     "WSMONITOR_NODE": name, "PYTHONUNBUFFERED": "1",
@@ -55,7 +56,7 @@ class Daphne:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), *args,
-             "demo_project.asgi:application"],
+             app],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:

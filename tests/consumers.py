@@ -123,3 +123,62 @@ class FlakyEcho(Echo):
             await self.send(text_data=self.channel_name)
             return
         await super().receive(text_data, bytes_data)
+
+
+# The sync twins: the same behaviour written against channels' sync consumers.
+from wsmonitor import InstrumentedJsonWebsocketConsumer, InstrumentedWebsocketConsumer  # noqa: E402
+
+
+class SyncEcho(InstrumentedWebsocketConsumer):
+    def connect(self):
+        self.accept()
+
+    def receive(self, text_data=None, bytes_data=None):
+        if text_data == "boom":
+            raise RuntimeError("receive failed")
+        if text_data == "close-4001":
+            self.close(4001)
+            return
+        if text_data == "close":
+            self.close()
+            return
+        if text_data == "session":
+            self.send(text_data=self.session_id + " " + self.scope["wsmonitor"]["session_id"])
+            return
+        if text_data == "group-boom":
+            from asgiref.sync import async_to_sync
+
+            async_to_sync(self.channel_layer.send)(self.channel_name, {"type": "explode"})
+            return
+        self.send(text_data=text_data, bytes_data=bytes_data)
+
+    def explode(self, event):
+        raise ValueError("group handler failed")
+
+
+class SyncDenied(InstrumentedWebsocketConsumer):
+    def connect(self):
+        self.close()
+
+
+class SyncConnectRaises(InstrumentedWebsocketConsumer):
+    def connect(self):
+        raise RuntimeError("connect failed")
+
+
+class SyncDisconnectRaises(InstrumentedWebsocketConsumer):
+    def connect(self):
+        self.accept()
+
+    def disconnect(self, code):
+        raise RuntimeError("disconnect failed")
+
+
+class SyncJson(InstrumentedJsonWebsocketConsumer):
+    wsmonitor_label = "sync-json"
+
+    def connect(self):
+        self.accept()
+
+    def receive_json(self, content, **kwargs):
+        self.send_json({"echo": content})

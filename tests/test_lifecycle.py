@@ -208,7 +208,7 @@ async def test_close_code_label_set_stays_bounded():
         await communicator.send_input({"type": "websocket.disconnect", "code": code})
         await communicator.wait(timeout=3)
     codes = MetricsSnapshot.collect().label_values("ws_closes_total", "code")
-    allowed = {str(c) for c in range(1000, 1016)} | {"4001", "3xxx", "4xxx", "invalid"}
+    allowed = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "3xxx", "4xxx", "invalid"}
     assert codes <= allowed, codes - allowed
 
 

@@ -15,9 +15,10 @@ from wsmonitor.testing import MetricsSnapshot
 
 from . import consumers
 
-CONSUMERS = {"Echo": consumers.Echo, "FlakyEcho": consumers.FlakyEcho}
+CONSUMERS = {"Echo": consumers.Echo, "FlakyEcho": consumers.FlakyEcho,
+             "SyncEcho": consumers.SyncEcho}
 DECLARED = frozenset({4001})
-ALLOWED_CODES = {str(c) for c in range(1000, 1016)} | {"4001", "3xxx", "4xxx", "invalid"}
+ALLOWED_CODES = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "3xxx", "4xxx", "invalid"}
 close_codes = st.one_of(
     st.none(), st.sampled_from([1000, 1001, 1006, 1011, 1012, 4001, 4000, 3000]),
     st.integers(min_value=-5, max_value=70000),
@@ -72,24 +73,26 @@ class Lifecycle(RuleBasedStateMachine):
         self.live[id(communicator)] = name, communicator
         return name, communicator
 
-    @rule(kind=st.sampled_from(["Denied", "ConnectRaises", "NeverAnswers"]),
+    @rule(kind=st.sampled_from(["Denied", "ConnectRaises", "NeverAnswers", "SyncDenied",
+                                "SyncConnectRaises"]),
           code=close_codes)
     def refused(self, kind, code):
         async def go():
             communicator = WebsocketCommunicator(getattr(consumers, kind).as_asgi(), "/ws/")
             await communicator.send_input({"type": "websocket.connect"})
-            if kind == "ConnectRaises":
+            if kind.endswith("ConnectRaises"):
                 try:
                     await communicator.wait(timeout=TIMEOUT)
                 except RuntimeError:
                     return
                 raise AssertionError("connect should have raised")
-            if kind == "Denied":
+            if kind.endswith("Denied"):
                 assert (await communicator.receive_output(TIMEOUT))["type"] == "websocket.close"
             await communicator.send_input({"type": "websocket.disconnect", "code": code})
             await communicator.wait(timeout=TIMEOUT)
         self.run(go())
-        reason = {"Denied": "denied", "ConnectRaises": "error", "NeverAnswers": "abandoned"}[kind]
+        reason = {"Denied": "denied", "ConnectRaises": "error", "NeverAnswers": "abandoned"}[
+            kind.removeprefix("Sync")]
         self.expected_rejects[kind, reason] += 1
 
     @rule(conn=connections, text=st.text(min_size=1, max_size=20).filter(lambda t: t not in {

@@ -1,6 +1,7 @@
 """Spans and W3C propagation, checked with an in-memory exporter."""
 
 import json
+import uuid
 import subprocess
 import sys
 
@@ -285,3 +286,78 @@ def test_no_provider_means_no_tracer():
                          timeout=60, check=True).stdout
     assert out.strip() == "None"
     assert trace.get_tracer_provider() is not None
+
+
+class Relay(InstrumentedAsyncJsonWebsocketConsumer):
+    async def connect(self):
+        self.group = self.scope["url_route"]["kwargs"]["group"]
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def receive_json(self, content, **kwargs):
+        event = {"type": "relay", "body": content["body"]}
+        if "to" in content:
+            await self.channel_layer.send(content["to"], event)
+        else:
+            await self.channel_layer.group_send(self.group, event)
+
+    async def relay(self, event):
+        await self.send_json({"relayed": event["body"], "channel": self.channel_name})
+
+
+def layer_settings(backend, redis_url=None):
+    config = {"BACKEND": f"wsmonitor.layers.{backend}"}
+    if redis_url:
+        config["CONFIG"] = {"hosts": [{"address": redis_url, "socket_timeout": None}],
+                            "prefix": f"wsmtest{uuid.uuid4().hex[:8]}"}
+    return {"default": config}
+
+
+async def relay_through_layer(spans, kind):
+    from channels.routing import URLRouter
+    from django.urls import path
+
+    app = URLRouter([path("ws/<str:group>/", Relay.as_asgi())])
+    group = f"g{uuid.uuid4().hex[:8]}"
+    sender = WebsocketCommunicator(app, f"/ws/{group}/")
+    receiver = WebsocketCommunicator(app, f"/ws/{group}/")
+    assert (await sender.connect(timeout=5))[0] and (await receiver.connect(timeout=5))[0]
+    await sender.send_json_to({"body": "to all", "traceparent": MESSAGE_TRACEPARENT})
+    got = [await c.receive_json_from(timeout=5) for c in (sender, receiver)]
+    assert [g["relayed"] for g in got] == ["to all", "to all"]
+    if kind == "send":
+        target = got[1]["channel"]
+        await sender.send_json_to({"body": "direct", "to": target,
+                                   "traceparent": MESSAGE_TRACEPARENT})
+        assert (await receiver.receive_json_from(timeout=5))["relayed"] == "direct"
+    await sender.disconnect(timeout=5)
+    await receiver.disconnect(timeout=5)
+    await get_channel_layer().close_pools() if hasattr(get_channel_layer(), "close_pools") else None
+    finished = spans()
+    senders = [s for s in finished if s.name == "Relay receive"]
+    handlers = [s for s in finished if s.name == "Relay relay"]
+    assert len(handlers) == (3 if kind == "send" else 2)
+    for handler in handlers:
+        # The receiving handler continues the sender's message span's trace.
+        assert hex_trace(handler) == MESSAGE_TRACE_ID
+        assert handler.parent.span_id in {s.context.span_id for s in senders}
+        assert handler.kind == SpanKind.CONSUMER
+    return handlers
+
+
+@pytest.mark.parametrize("kind", ["group_send", "send"])
+async def test_trace_continues_across_the_in_memory_layer(spans, kind):
+    with override_settings(CHANNEL_LAYERS=layer_settings("InMemoryChannelLayer")):
+        await relay_through_layer(spans, kind)
+
+
+@pytest.mark.parametrize("kind", ["group_send", "send"])
+async def test_trace_continues_across_real_redis(spans, redis_url, kind):
+    with override_settings(CHANNEL_LAYERS=layer_settings("RedisChannelLayer", redis_url)):
+        await relay_through_layer(spans, kind)
+
+
+async def test_trace_crosses_the_layer_with_metrics_off(spans):
+    with override_settings(CHANNEL_LAYERS=layer_settings("InMemoryChannelLayer"),
+                           WSMONITOR={**NODE, "METRICS": False}):
+        await relay_through_layer(spans, "group_send")

@@ -52,3 +52,31 @@ async def test_console_exporter_prints_the_connection_span(start_daphne):
     assert sorted(s["name"] for s in of_session) == ["EchoConsumer receive"] * 3 + ["ws.connection"]
     http = [s for s in spans if "websocket.session.id" not in s["attributes"]]
     assert len(http) == 1 and http[0]["attributes"]["http.method"] == "GET"
+
+
+async def test_one_chat_message_is_one_trace_across_two_nodes(start_daphne, redis_url):
+    env = {"OTEL_TRACES_EXPORTER": "console", "REDIS_URL": redis_url}
+    node_a, node_b = start_daphne(env=env, name="trace-a"), start_daphne(env=env, name="trace-b")
+    room = f"/ws/chat/trace-{node_a.port}/"
+
+    def join(server):
+        return connect(server.ws_url(room), origin=f"http://127.0.0.1:{server.port}",
+                       open_timeout=5, close_timeout=5)
+
+    async with join(node_a) as alice, join(node_b) as bob:
+        await eventually(lambda: node_b.scrape().value(
+            "ws_connections_active", consumer="ChatConsumer") == 1)
+        await alice.send(json.dumps({"message": "traced", "traceparent": TRACEPARENT}))
+        for ws in (alice, bob):
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "traced"
+
+    def spans_of_trace(server):
+        return [s for s in printed_spans(server) if s["context"]["trace_id"] == "0x" + TRACE_ID]
+
+    (received,) = await eventually(lambda: spans_of_trace(node_a) and [
+        s for s in spans_of_trace(node_a) if s["name"] == "ChatConsumer receive"])
+    assert received["parent_id"] == "0x00f067aa0ba902b7"  # the client's traceparent
+    (on_b,) = await eventually(lambda: [s for s in spans_of_trace(node_b)
+                                        if s["name"] == "ChatConsumer chat.message"])
+    assert on_b["parent_id"] == received["context"]["span_id"]  # across Redis, on node B
+    assert on_b["kind"] == "SpanKind.CONSUMER"

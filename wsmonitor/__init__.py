@@ -1,7 +1,10 @@
 """wsmonitor: observability for Django Channels WebSocket servers."""
 
 __version__ = "0.1.0"
-__all__ = ["InstrumentedAsyncWebsocketConsumer", "InstrumentedAsyncJsonWebsocketConsumer"]
+__all__ = [
+    "InstrumentedAsyncWebsocketConsumer", "InstrumentedAsyncJsonWebsocketConsumer",
+    "InstrumentedWebsocketConsumer", "InstrumentedJsonWebsocketConsumer",
+]
 
 
 def __getattr__(name):

@@ -14,5 +14,9 @@ class WSMonitorConfig(AppConfig):
             return  # the system checks report it; run with the defaults meanwhile
         metrics.set_capacity()
         config = get_config()
+        from . import multiprocess
+
+        if multiprocess.directory():  # several processes share PROMETHEUS_MULTIPROC_DIR
+            multiprocess.start(config["NODE"])
         if config["LOGS"] and config["CONFIGURE_LOGGING"]:
             configure()

@@ -79,6 +79,28 @@ def settings_errors():
     if token is not None and not (isinstance(token, str) and len(token) >= 16):
         errors.append(Error('WSMONITOR["METRICS_TOKEN"] must be a string of at least 16 '
                             "characters, or None.", id="wsmonitor.E013"))
+    for key, check_id in (("HEARTBEAT_INTERVAL", "wsmonitor.E016"),
+                          ("HEARTBEAT_TIMEOUT", "wsmonitor.E017")):
+        value = user.get(key, DEFAULTS[key])
+        if not (type(value) in (int, float) and 0 < value < float("inf")):
+            errors.append(Error(f'WSMONITOR["{key}"] must be a positive number of seconds.',
+                                id=check_id))
+    errors.extend(_registry_errors(user))
+    return errors
+
+
+def _registry_errors(user):
+    """The session registry's settings (wsmonitor.registry)."""
+    errors = []
+    url = user.get("REGISTRY_URL")
+    if url is not None and not (isinstance(url, str)
+                                and url.startswith(("redis://", "rediss://", "unix://"))):
+        errors.append(Error('WSMONITOR["REGISTRY_URL"] must be None or a redis://, rediss:// '
+                            "or unix:// URL.", id="wsmonitor.E014"))
+    ttl = user.get("REGISTRY_TTL", 30)
+    if not (type(ttl) in (int, float) and ttl >= 3):
+        errors.append(Error('WSMONITOR["REGISTRY_TTL"] must be a number of seconds, at least 3.',
+                            id="wsmonitor.E015"))
     return errors
 
 
@@ -95,4 +117,29 @@ def check_prometheus_export(app_configs, **kwargs):
             hint='Add "django_prometheus" to INSTALLED_APPS and '
                  'path("", include("django_prometheus.urls")) to your URLconf.',
             id="wsmonitor.W001")]
+    return []
+
+
+@register(Tags.compatibility)
+def check_multiprocess_export(app_configs, **kwargs):
+    """In multiprocess mode, /metrics must be wsmonitor's view, which sweeps dead processes."""
+    from .multiprocess import directory
+
+    if not directory():
+        return []
+    try:
+        from django.urls import resolve
+
+        from .views import metrics
+
+        match = resolve("/metrics")
+    except Exception:  # no /metrics, or a URLconf error Django reports itself
+        return []
+    if match.func is not metrics:
+        return [Warning(
+            "PROMETHEUS_MULTIPROC_DIR is set but /metrics is not wsmonitor's view, so the "
+            "connections of processes that died stay in ws_connections_active until a process "
+            "starts.",
+            hint='Replace include("django_prometheus.urls") with include("wsmonitor.urls").',
+            id="wsmonitor.W002")]
     return []

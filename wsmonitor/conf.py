@@ -46,6 +46,15 @@ DEFAULTS = {
     # Accepted connections one node is sized for; exported as the
     # ``ws_connections_capacity`` gauge for the capacity alert when set.
     "CAPACITY": None,
+    # Session registry shared through Redis (wsmonitor.registry): a redis:// URL
+    # turns it on; a dead process's sessions expire after REGISTRY_TTL seconds.
+    "REGISTRY_URL": None,
+    "REGISTRY_TTL": 30,
+    # Application heartbeat of consumers that set ``wsmonitor_heartbeat = True``:
+    # seconds between pings, and seconds a ping may stay unanswered before the
+    # connection is closed as a zombie (code 4408).
+    "HEARTBEAT_INTERVAL": 20,
+    "HEARTBEAT_TIMEOUT": 30,
 }
 
 

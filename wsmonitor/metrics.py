@@ -121,7 +121,7 @@ def bound(consumer):
         return _bound[consumer]
     except KeyError:
         config = get_config()
-        declared = frozenset(config["CLOSE_CODES"])
+        declared = frozenset(config["CLOSE_CODES"]) | RESERVED_CLOSE_CODES
         _bound[consumer] = result = BoundMetrics(consumer, config["NODE"], declared)
         return result
 
@@ -137,3 +137,226 @@ def set_capacity():
     config = get_config()
     if config["CAPACITY"] is not None:
         CAPACITY.labels(config["NODE"]).set(config["CAPACITY"])
+
+
+# --- Channel layers (wsmonitor.layers) -------------------------------------------------
+# Layer sends happen in consumers, views, Celery tasks and management commands alike, so
+# these carry ``node`` but not ``consumer``; only the delivery histogram, observed in the
+# receiving consumer, knows its consumer.
+
+LAYER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                 30, 60)
+GROUP_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000)
+
+LAYER_SENDS = Counter(
+    "ws_layer_sends",
+    "Channel-layer sends by kind (send, group_send) and outcome (ok; full: the channel was full "
+    "or a group_send skipped at least one member; error: the layer raised).",
+    ("node", "kind", "outcome"),
+)
+LAYER_SEND_SECONDS = Histogram(
+    "ws_layer_send_seconds", "Time one channel-layer send or group_send took.",
+    ("node", "kind"), buckets=LAYER_BUCKETS,
+)
+LAYER_GROUP_SIZE = Histogram(
+    "ws_layer_group_size",
+    "Members a group_send reached (Redis and in-memory layers; members skipped for capacity "
+    "are in ws_layer_messages_dropped_total).",
+    ("node",), buckets=GROUP_SIZE_BUCKETS,
+)
+LAYER_DELIVERY = Histogram(
+    "ws_layer_delivery_seconds",
+    "Time from a channel-layer send to the start of the receiving consumer's handler "
+    "(wall clocks of two hosts: includes their skew).",
+    LABELS, buckets=LAYER_BUCKETS,
+)
+LAYER_DROPPED = Counter(
+    "ws_layer_messages_dropped",
+    "Channel-layer deliveries lost, one per (message, member): reason full (capacity; kind send, "
+    "group_send, or receive: channels_redis's per-process buffer) or no_subscriber (pub/sub).",
+    ("node", "kind", "reason"),
+)
+
+LAYER_KINDS = ("send", "group_send")
+LAYER_OUTCOMES = ("ok", "full", "error")
+LAYER_DROPS = (("send", "full"), ("group_send", "full"), ("receive", "full"),
+               ("send", "no_subscriber"))
+
+
+class LayerMetrics:
+    """The labelled layer children of one node, resolved once."""
+
+    def __init__(self, node):
+        self.node = node
+        self.sends = {(kind, outcome): LAYER_SENDS.labels(node, kind, outcome)
+                      for kind in LAYER_KINDS for outcome in LAYER_OUTCOMES}
+        self.seconds = {kind: LAYER_SEND_SECONDS.labels(node, kind) for kind in LAYER_KINDS}
+        self.group_size = LAYER_GROUP_SIZE.labels(node)
+        for kind, reason in LAYER_DROPS:  # start at 0, so rate() sees the first loss
+            LAYER_DROPPED.labels(node, kind, reason)
+
+    def sent(self, kind, outcome, seconds):
+        self.sends[kind, outcome].inc()
+        self.seconds[kind].observe(seconds)
+
+    def dropped(self, kind, reason, count=1):
+        if count:
+            LAYER_DROPPED.labels(self.node, kind, reason).inc(count)
+
+
+_layer_metrics = {}
+_delivery = {}
+
+
+def layer(node):
+    """Return the cached :class:`LayerMetrics` of ``node``."""
+    try:
+        return _layer_metrics[node]
+    except KeyError:
+        _layer_metrics[node] = result = LayerMetrics(node)
+        return result
+
+
+def delivery(consumer, node):
+    """Return the cached ``ws_layer_delivery_seconds`` child of a consumer label."""
+    try:
+        return _delivery[consumer, node]
+    except KeyError:
+        _delivery[consumer, node] = child = LAYER_DELIVERY.labels(consumer, node)
+        return child
+
+
+# --- Multiprocess mode (wsmonitor.multiprocess) ----------------------------------------
+PROCESS_START = Gauge(
+    "ws_process_start_time_seconds",
+    "Start time of each live server process; set only in multiprocess mode, where it carries "
+    "a pid label and leaves with its process.",
+    ("node",), multiprocess_mode="liveall",
+)
+# --- Heartbeat, saturation, streaming and client reports (wsmonitor.heartbeat,
+# wsmonitor.saturation, wsmonitor.streaming) -------------------------------------
+
+#: Close code wsmonitor sends to a client that stopped answering heartbeats.
+HEARTBEAT_TIMEOUT_CODE = 4408
+#: Application close codes wsmonitor itself sends; always exported as themselves.
+RESERVED_CLOSE_CODES = frozenset({HEARTBEAT_TIMEOUT_CODE})
+
+HEARTBEAT_RTT = Histogram(
+    "ws_heartbeat_rtt_seconds",
+    "Application heartbeat round trip: ping sent by the consumer to pong dispatched to it.",
+    LABELS, buckets=(0.005, 0.025, 0.1, 0.25, 1, 2.5, 5, 10),
+)
+HEARTBEAT_PINGS = Counter("ws_heartbeat_pings", "Application heartbeat pings sent.", LABELS)
+HEARTBEAT_TIMEOUTS = Counter(
+    "ws_heartbeat_timeouts",
+    "Connections closed with 4408 because heartbeats went unanswered past the timeout.",
+    LABELS,
+)
+CLIENT_RECONNECTS = Counter(
+    "ws_client_reconnects",
+    "Connections that clients reported as reconnects, by attempts it took (wsmonitor.js).",
+    LABELS + ("attempts",),
+)
+RECONNECT_ATTEMPTS = ("1", "2", "3-5", "6-10", "11+")
+
+LOOP_LAG = Histogram(
+    "ws_event_loop_lag_seconds",
+    "How late the serving process's event loop woke a sleeping sampler task.",
+    ("node",),
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SEND_BACKLOG_BYTES = Gauge(
+    "ws_send_backlog_bytes",
+    "Bytes the application has sent that wait in the server's user-space write buffers "
+    "(daphne/Twisted) because the kernel socket buffer is full.",
+    ("node",), multiprocess_mode="livesum",
+)
+SEND_BACKLOG_CONNECTIONS = Gauge(
+    "ws_send_backlog_connections",
+    "WebSocket connections with data waiting in the server's user-space write buffers.",
+    ("node",), multiprocess_mode="livesum",
+)
+LAYER_BACKLOG = Gauge(
+    "ws_channel_layer_backlog_messages",
+    "Messages waiting for this process in a channel layer (where the layer can tell).",
+    ("node", "alias"), multiprocess_mode="livesum",
+)
+
+STREAM_FIRST_CHUNK = Histogram(
+    "ws_stream_first_chunk_seconds", "Time from the start of a stream to its first chunk.",
+    LABELS + ("stream",), buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STREAM_CHUNK_INTERVAL = Histogram(
+    "ws_stream_chunk_interval_seconds", "Time between consecutive chunks of a stream.",
+    LABELS + ("stream",), buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STREAM_CHUNKS = Histogram(
+    "ws_stream_chunks", "Chunks sent by one stream.",
+    LABELS + ("stream",), buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+)
+STREAM_DURATION = Histogram(
+    "ws_stream_duration_seconds", "Lifetime of a stream, start to end.",
+    LABELS + ("stream",), buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+STREAMS = Counter(
+    "ws_streams", "Streams ended, by outcome (ok, error: the block raised, cancelled).",
+    LABELS + ("stream", "outcome"),
+)
+STREAM_OUTCOMES = ("ok", "error", "cancelled")
+
+
+def reconnect_attempts_label(attempts):
+    """Fold a client's reported attempt count into the bounded ``attempts`` label."""
+    if attempts <= 2:
+        return str(attempts)
+    if attempts <= 5:
+        return "3-5"
+    return "6-10" if attempts <= 10 else "11+"
+
+
+class BoundHeartbeat:
+    """The heartbeat children of one consumer label."""
+
+    __slots__ = ("rtt", "pings", "timeouts")
+
+    def __init__(self, consumer, node):
+        self.rtt = HEARTBEAT_RTT.labels(consumer, node)
+        self.pings = HEARTBEAT_PINGS.labels(consumer, node)
+        self.timeouts = HEARTBEAT_TIMEOUTS.labels(consumer, node)
+        CLOSES.labels(consumer, node, str(HEARTBEAT_TIMEOUT_CODE))  # starts at 0, like 1006
+
+
+class BoundStream:
+    """The stream children of one (consumer, stream name) pair."""
+
+    __slots__ = ("first_chunk", "interval", "chunks", "duration", "outcomes")
+
+    def __init__(self, consumer, node, stream):
+        labels = (consumer, node, stream)
+        self.first_chunk = STREAM_FIRST_CHUNK.labels(*labels)
+        self.interval = STREAM_CHUNK_INTERVAL.labels(*labels)
+        self.chunks = STREAM_CHUNKS.labels(*labels)
+        self.duration = STREAM_DURATION.labels(*labels)
+        self.outcomes = {outcome: STREAMS.labels(*labels, outcome) for outcome in STREAM_OUTCOMES}
+
+
+def _cached(key, factory):
+    # Shares ``_bound``, so ``settings_changed`` clears these too.
+    try:
+        return _bound[key]
+    except KeyError:
+        _bound[key] = result = factory(get_config()["NODE"])
+        return result
+
+
+def bound_heartbeat(consumer):
+    return _cached(("heartbeat", consumer), lambda node: BoundHeartbeat(consumer, node))
+
+
+def bound_stream(consumer, stream):
+    return _cached(("stream", consumer, stream), lambda node: BoundStream(consumer, node, stream))
+
+
+def count_reconnect(consumer, attempts):
+    CLIENT_RECONNECTS.labels(consumer, get_config()["NODE"],
+                             reconnect_attempts_label(attempts)).inc()

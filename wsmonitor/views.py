@@ -1,4 +1,5 @@
-"""The /metrics view: django-prometheus's export behind wsmonitor's access settings."""
+"""HTTP views: /metrics (django-prometheus's export behind wsmonitor's access settings,
+multiprocess-aware) and the staff-only session list."""
 
 import hmac
 import ipaddress
@@ -6,10 +7,13 @@ from functools import lru_cache
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from django.http import HttpResponseForbidden
+from django.http import Http404, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.http import require_GET
 from django_prometheus.exports import ExportToDjangoView
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import multiprocess, registry
 from .conf import get_config
 
 
@@ -51,4 +55,26 @@ def metrics(request):
     """Serve the Prometheus metrics page, or 403 when the request is not allowed."""
     if not allowed(request):
         return HttpResponseForbidden("metrics: forbidden\n", content_type="text/plain")
-    return ExportToDjangoView(request)
+    return _export(request)
+
+
+def _export(request):
+    """django-prometheus's export; in multiprocess mode it first sweeps dead processes."""
+    path = multiprocess.directory()
+    if not path:
+        return ExportToDjangoView(request)
+    multiprocess.sweep(path)
+    scrape = CollectorRegistry()
+    MultiProcessCollector(scrape, path=path)
+    scrape.register(multiprocess.ProcessFdsCollector(path, get_config()["NODE"]))
+    return HttpResponse(generate_latest(scrape), content_type=CONTENT_TYPE_LATEST)
+
+
+def sessions(request):
+    """Open sessions of every node as JSON; staff only, 404 when the registry is off."""
+    user = getattr(request, "user", None)
+    if not (user is not None and user.is_active and user.is_staff):
+        return JsonResponse({"error": "staff only"}, status=403)
+    if not get_config()["REGISTRY_URL"]:
+        raise Http404("the session registry is off")
+    return JsonResponse({"sessions": registry.list_sessions()})

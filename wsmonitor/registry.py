@@ -1,0 +1,210 @@
+"""Open sessions of every node, shared through Redis (``WSMONITOR["REGISTRY_URL"]``).
+
+Each server process keeps one Redis hash, ``wsmonitor:sessions:<node>:<pid>:<random>``,
+mapping session IDs to a JSON entry (node, pid, consumer, path, opened_at, channel
+layer alias and channel name). The hash expires after ``REGISTRY_TTL`` seconds
+unless the process's heartbeat task refreshes it (every third of the TTL), so a
+dead node's sessions disappear on their own. Consumers never wait for Redis:
+opens and closes are queued and written by that task; Redis errors are logged
+and the hash is rewritten in full once Redis answers again.
+"""
+
+import asyncio
+import json
+import os
+import time
+import uuid
+
+from .conf import get_config
+from .logging import logger
+
+KEY_PREFIX = "wsmonitor:sessions:"
+CLOSE_EVENT = "wsmonitor.close"
+
+
+class ProcessRegistry:
+    """This process's sessions and the task that mirrors them into Redis."""
+
+    def __init__(self, url, ttl, node):
+        self.url, self.ttl, self.node = url, ttl, node
+        self.key = f"{KEY_PREFIX}{node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.sessions = {}  # session_id -> JSON entry
+        self.pending = {}  # session_id -> JSON entry, or None to delete
+        self.loop = self.task = self.wake = None
+        self.full = True  # rewrite the whole hash at the next flush
+
+    def opened(self, consumer):
+        session_id = consumer.session_id
+        entry = json.dumps({
+            "session_id": session_id, "node": self.node, "pid": os.getpid(),
+            "consumer": consumer.wsmonitor_label or type(consumer).__name__,
+            "path": consumer.scope.get("path"), "opened_at": time.time(),
+            "layer": getattr(consumer, "channel_layer_alias", None),
+            "channel": getattr(consumer, "channel_name", None),
+        })
+        self.sessions[session_id] = self.pending[session_id] = entry
+        self._kick()
+
+    def closed(self, consumer):
+        if self.sessions.pop(consumer.session_id, None) is not None:
+            self.pending[consumer.session_id] = None
+            self._kick()
+
+    def _kick(self):
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop or self.task.done():
+            # First session on this event loop (tests run one loop per test).
+            self.loop, self.wake, self.full = loop, asyncio.Event(), True
+            self.task = loop.create_task(self._run(), name="wsmonitor-registry")
+        self.wake.set()
+
+    async def _run(self):
+        from redis import asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        failing = False
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.ttl / 3)
+                except TimeoutError:
+                    pass  # heartbeat
+                self.wake.clear()
+                try:
+                    await self._flush(client)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.full = True
+                    if not failing and get_config()["LOGS"]:
+                        logger.warning("ws_registry_error", error=f"{type(exc).__name__}: {exc}")
+                    failing = True
+                else:
+                    if failing and get_config()["LOGS"]:
+                        logger.info("ws_registry_recovered")
+                    failing = False
+        finally:
+            await client.aclose()
+
+    async def _flush(self, client):
+        pending, self.pending = self.pending, {}
+        full, self.full = self.full, False
+        pipe = client.pipeline(transaction=True)
+        if full:
+            pipe.delete(self.key)
+            if self.sessions:
+                pipe.hset(self.key, mapping=dict(self.sessions))
+        else:
+            added = {sid: entry for sid, entry in pending.items() if entry is not None}
+            removed = [sid for sid, entry in pending.items() if entry is None]
+            if added:
+                pipe.hset(self.key, mapping=added)
+            if removed:
+                pipe.hdel(self.key, *removed)
+        pipe.expire(self.key, int(self.ttl))
+        try:
+            results = await pipe.execute()
+        except BaseException:
+            self.full = True  # the next flush rewrites everything
+            raise
+        if not results[-1] and self.sessions:
+            # The hash had expired (Redis restarted, or this loop stalled): rewrite it now.
+            self.full = True
+            self.wake.set()
+
+    async def stop(self):
+        """Cancel the heartbeat task (tests; a server process just exits)."""
+        task, self.task, self.loop = self.task, None, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+_registry = None
+
+
+def get_registry():
+    """This process's registry, or None when ``REGISTRY_URL`` is unset."""
+    global _registry
+    config = get_config()
+    url = config["REGISTRY_URL"]
+    if not url:
+        return None
+    current = _registry
+    if current is None or (current.url, current.ttl, current.node) != (
+            url, config["REGISTRY_TTL"], config["NODE"]):
+        _registry = current = ProcessRegistry(url, config["REGISTRY_TTL"], config["NODE"])
+    return current
+
+
+def opened(consumer):
+    registry = get_registry()
+    if registry is not None:
+        registry.opened(consumer)
+
+
+def closed(consumer):
+    registry = get_registry()
+    if registry is not None:
+        registry.closed(consumer)
+
+
+# --- Reading the registry (management command, staff view); synchronous --------------------
+
+def _client(url=None):
+    import redis
+
+    return redis.Redis.from_url(url or get_config()["REGISTRY_URL"], socket_timeout=5,
+                                socket_connect_timeout=5, decode_responses=True)
+
+
+def list_sessions(url=None):
+    """Every registered session of every live process, oldest first."""
+    client = _client(url)
+    try:
+        keys = list(client.scan_iter(match=KEY_PREFIX + "*", count=500))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hvals(key)
+        entries = [json.loads(value) for values in pipe.execute() for value in values]
+    finally:
+        client.close()
+    return sorted(entries, key=lambda entry: entry["opened_at"])
+
+
+def find_session(session_id, url=None):
+    """The entry of one session, or None."""
+    client = _client(url)
+    try:
+        for key in client.scan_iter(match=KEY_PREFIX + "*", count=500):
+            value = client.hget(key, session_id)
+            if value is not None:
+                return json.loads(value)
+    finally:
+        client.close()
+    return None
+
+
+def valid_close_code(code):
+    """Codes an application may send: 1000 or 3000-4999 (autobahn refuses the rest)."""
+    return type(code) is int and (code == 1000 or 3000 <= code <= 4999)
+
+
+def request_close(entry, code):
+    """Ask the session's consumer, through its channel layer, to close with ``code``."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    if not entry.get("channel"):
+        raise ValueError("the session's consumer has no channel layer")
+    layer = get_channel_layer(entry.get("layer") or "default")
+    if layer is None:
+        raise ValueError(f"no channel layer {entry.get('layer')!r} in CHANNEL_LAYERS")
+    if "inmemory" in entry["channel"]:
+        raise ValueError("the session uses the in-memory channel layer, which only its own "
+                         "process can reach")
+    async_to_sync(layer.send)(entry["channel"], {
+        "type": CLOSE_EVENT, "code": code, "session_id": entry["session_id"]})

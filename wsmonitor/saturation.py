@@ -1,0 +1,174 @@
+"""Saturation signals of the serving process, sampled by one lightweight task per event loop.
+
+The task starts with the first accepted connection and stops with the last, so
+a process with no WebSocket connections runs nothing. Each tick it records:
+
+* ``ws_event_loop_lag_seconds``: how late the loop woke the task from a sleep. A
+  handler that blocks the loop (sync I/O, CPU work) delays every connection by
+  that much, and shows up here.
+* ``ws_send_backlog_bytes`` / ``ws_send_backlog_connections``: under daphne, the
+  bytes that the application has "sent" (daphne's ``send`` returns at once) but
+  that wait in Twisted's unbounded user-space write buffers because the kernel
+  socket buffer is full: the server-side twin of a browser's ``bufferedAmount``.
+  A client that stops reading makes them grow. Outside Twisted they stay absent.
+* ``ws_channel_layer_backlog_messages``: messages waiting for this process in each
+  channel layer it has instantiated, where the layer can tell: channels_redis's
+  RedisChannelLayer (ZCARD of the process's one Redis key, plus what it already
+  pulled into its local buffer) and channels' InMemoryChannelLayer (its queues).
+  A consumer too slow for its group traffic makes it grow, up to the capacity
+  past which ``group_send`` silently drops. RedisPubSubChannelLayer stores nothing
+  to count, so it is absent.
+"""
+
+import asyncio
+import sys
+
+from . import metrics as _metrics
+from .conf import get_config
+
+#: Seconds between samples.
+SAMPLE_INTERVAL = 0.5
+
+_samplers = {}  # event loop -> _Sampler
+
+
+class _Sampler:
+    def __init__(self, loop):
+        self.loop = loop
+        self.users = 0
+        self.task = None
+
+    async def run(self):
+        node = get_config()["NODE"]
+        lag = _metrics.LOOP_LAG.labels(node)
+        backlog_bytes = _metrics.SEND_BACKLOG_BYTES.labels(node)
+        backlog_connections = _metrics.SEND_BACKLOG_CONNECTIONS.labels(node)
+        loop = self.loop
+        layers = set()
+        try:
+            while True:
+                interval = SAMPLE_INTERVAL
+                started = loop.time()
+                await asyncio.sleep(interval)
+                lag.observe(max(0.0, loop.time() - started - interval))
+                backlog = send_backlog()
+                if backlog is not None:
+                    backlog_bytes.set(sum(backlog.values()))
+                    backlog_connections.set(len(backlog))
+                for alias, waiting in (await layer_backlog()).items():
+                    _metrics.LAYER_BACKLOG.labels(node, alias).set(waiting)
+                    layers.add(alias)
+        finally:
+            # Nothing is measured once the last connection has gone.
+            backlog_bytes.set(0)
+            backlog_connections.set(0)
+            for alias in layers:
+                try:
+                    _metrics.LAYER_BACKLOG.remove(node, alias)
+                except KeyError:
+                    pass
+
+
+def acquire():
+    """A connection opened on the running loop: make sure its sampler runs."""
+    loop = asyncio.get_running_loop()
+    sampler = _samplers.get(loop)
+    if sampler is None:
+        _samplers[loop] = sampler = _Sampler(loop)
+    sampler.users += 1
+    if sampler.task is None:
+        sampler.task = loop.create_task(sampler.run(), name="wsmonitor-saturation-sampler")
+
+
+def release():
+    """A connection acquired on the running loop ended; the last one stops the sampler."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    sampler = _samplers.get(loop)
+    if sampler is None:
+        return
+    sampler.users -= 1
+    if sampler.users <= 0:
+        del _samplers[loop]
+        if sampler.task is not None:
+            sampler.task.cancel()
+
+
+def sampler_task():
+    """The running loop's sampler task, or None (for tests)."""
+    sampler = _samplers.get(asyncio.get_running_loop())
+    return sampler.task if sampler else None
+
+
+def _twisted_reactor():
+    reactor = sys.modules.get("twisted.internet.reactor")
+    return reactor if hasattr(reactor, "getWriters") else None
+
+
+def _pending_bytes(transport):
+    # twisted.internet.abstract.FileDescriptor keeps what the kernel did not take yet
+    # in dataBuffer (from offset on) and _tempDataBuffer (_tempDataLen bytes).
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except (AttributeError, TypeError):
+        return 0
+
+
+def _is_websocket(transport):
+    # daphne swaps the transport's protocol for autobahn's on the upgrade.
+    protocol = getattr(transport, "protocol", None)
+    return protocol is not None and hasattr(protocol, "sendMessage")
+
+
+def send_backlog():
+    """``{(host, port) of the peer: bytes waiting}`` for WebSocket transports; None without Twisted."""
+    reactor = _twisted_reactor()
+    if reactor is None:
+        return None
+    backlog = {}
+    for transport in reactor.getWriters():
+        if not _is_websocket(transport):
+            continue
+        pending = _pending_bytes(transport)
+        if pending > 0:
+            try:
+                peer = transport.getPeer()
+                key = (peer.host, peer.port)
+            except Exception:
+                key = id(transport)
+            backlog[key] = pending
+    return backlog
+
+
+def connection_backlog(client):
+    """Bytes waiting for the peer ``client`` (the ASGI scope's ``client``); None if unknown."""
+    backlog = send_backlog()
+    if backlog is None or not client:
+        return None
+    return backlog.get((client[0], client[1]), 0)
+
+
+async def layer_backlog():
+    """``{alias: messages waiting for this process}`` for the instantiated layers that can tell."""
+    try:
+        from channels.layers import channel_layers
+    except ImportError:  # pragma: no cover
+        return {}
+    result = {}
+    for alias, layer in list(channel_layers.backends.items()):
+        try:
+            if hasattr(layer, "client_prefix") and hasattr(layer, "consistent_hash"):
+                # channels_redis: every specific channel of this process shares one key.
+                name = f"specific.{layer.client_prefix}!"
+                connection = layer.connection(layer.consistent_hash(name))
+                waiting = await asyncio.wait_for(connection.zcard(layer.prefix + name), 1)
+                buffered = getattr(layer, "receive_buffer", {})
+                result[alias] = waiting + sum(queue.qsize() for queue in list(buffered.values()))
+            elif isinstance(getattr(layer, "channels", None), dict):
+                # channels' InMemoryChannelLayer: one queue per channel, all in this process.
+                result[alias] = sum(queue.qsize() for queue in list(layer.channels.values()))
+        except Exception:  # a sample lost is better than a sampler dead
+            continue
+    return result
