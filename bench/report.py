@@ -51,7 +51,9 @@ def markdown(results):
         f"{cfg['idle']} open; series = non-comment lines.",
         f"- Fan-out: {cfg['fanout_connections']} connections in one group each send "
         f"{cfg['fanout_messages']} messages at once; each is re-sent with `group_send` to the whole group "
-        "through channels_redis `RedisChannelLayer` on 127.0.0.1:6379 (capacity 10,000). "
+        "through a Redis channel layer on 127.0.0.1:6379 (capacity 10,000): channels_redis "
+        "`RedisChannelLayer` (layer-plain) or `wsmonitor.layers.RedisChannelLayer` (layer-instrumented); "
+        f"consumer in both: {cfg.get('fanout_consumer', '?')}. "
         "Deliveries/s = frames received by all clients / time until the last arrives.",
         "",
         "## Targets",

@@ -11,6 +11,7 @@ rounds, because numbers on these machines drift by +-20 % between runs.
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -460,7 +461,11 @@ def main(argv=None):
         "quick": args.quick,
         "machine": machine(),
         "versions": versions(),
-        "config": dict(config, pinned_cpus=dict(zip(("daphne", "load generator"), _cpus()))),
+        "config": dict(
+            config, pinned_cpus=dict(zip(("daphne", "load generator"), _cpus())),
+            fanout_consumer="wsmonitor InstrumentedAsyncWebsocketConsumer (metrics + logs)"
+            if importlib.util.find_spec("wsmonitor") else "channels AsyncWebsocketConsumer",
+        ),
         "variants": {v: dict(availability[v], description=variants.DESCRIPTIONS[v]) for v in availability},
         "rounds": rounds,
         "summary": summary,

@@ -19,8 +19,8 @@ DESCRIPTIONS = {
     "metrics": "wsmonitor InstrumentedAsyncWebsocketConsumer, metrics + logs, tracing off",
     "tracing": "wsmonitor, metrics + logs + tracing (connection and message spans, 100 % sampled)",
     "otel-asgi": "plain consumer inside opentelemetry-instrumentation-asgi's OpenTelemetryMiddleware",
-    "layer-plain": "channels_redis RedisChannelLayer",
-    "layer-instrumented": "channels_redis RedisChannelLayer with wsmonitor layer instrumentation",
+    "layer-plain": "channels_redis RedisChannelLayer (fan-out consumer: wsmonitor's when installed)",
+    "layer-instrumented": "wsmonitor.layers.RedisChannelLayer (same consumer as layer-plain)",
 }
 
 
@@ -73,13 +73,12 @@ def check(name):
 
 
 def instrumented_layer_backend():
-    """Return the dotted path of the instrumented Redis layer class.
+    """Return the dotted path of the instrumented Redis layer class (issue 4's hook).
 
-    HOOK for issue 4 (layer instrumentation). When wsmonitor ships its layer instrumentation, return
-    the backend path to put in CHANNEL_LAYERS here (or, if it instruments by wrapping an existing
-    layer instead, adapt ``bench/benchproject/settings.py`` where it calls this function). Until
-    then the fan-out comparison runs the uninstrumented layer only and reports this variant as
-    unavailable.
+    wsmonitor ships drop-in backends (``wsmonitor.layers.RedisChannelLayer``); this is the one
+    place to change if that name moves, or to wrap a layer instead (then adapt
+    ``bench/benchproject/settings.py`` where it calls this function). With an older wsmonitor the
+    variant is reported unavailable and the fan-out runs the uninstrumented layer only.
     """
     if importlib.util.find_spec("wsmonitor") is None:
         raise Unavailable("wsmonitor is not installed or not on the path")

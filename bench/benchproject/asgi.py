@@ -25,7 +25,7 @@ if VARIANT in ("tracing", "otel-asgi"):
 if VARIANT in ("metrics", "tracing"):
     consumer = consumers.instrumented_echo()
 elif VARIANT in ("layer-plain", "layer-instrumented"):
-    consumer = consumers.PlainFanout
+    consumer = consumers.instrumented_fanout() if settings.FANOUT_INSTRUMENTED_CONSUMER else consumers.PlainFanout
 else:
     consumer = consumers.PlainEcho
 

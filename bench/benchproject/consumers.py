@@ -47,3 +47,13 @@ def instrumented_echo():
         pass
 
     return InstrumentedEcho
+
+
+def instrumented_fanout():
+    """Return the fan-out consumer built on wsmonitor's base class (imported only when used)."""
+    from wsmonitor import InstrumentedAsyncWebsocketConsumer
+
+    class InstrumentedFanout(FanoutMixin, InstrumentedAsyncWebsocketConsumer):
+        pass
+
+    return InstrumentedFanout

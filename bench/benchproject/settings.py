@@ -1,5 +1,6 @@
 """Settings of the benchmark project; the variant comes from env BENCH_VARIANT at daphne start."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -17,7 +18,13 @@ ROOT_URLCONF = "bench.benchproject.urls"
 ASGI_APPLICATION = "bench.benchproject.asgi.application"
 DATABASES = {}
 
-USES_WSMONITOR = VARIANT in ("metrics", "tracing")
+# The fan-out variants run wsmonitor's consumer (metrics + logs) when wsmonitor is installed, so the
+# layer instrumentation is complete (the consumer reads its envelope and observes delivery time) and
+# only the layer differs between layer-plain and layer-instrumented; channels' consumer otherwise.
+FANOUT_INSTRUMENTED_CONSUMER = importlib.util.find_spec("wsmonitor") is not None
+USES_WSMONITOR = VARIANT in ("metrics", "tracing") or (
+    VARIANT in variants.FANOUT_VARIANTS and FANOUT_INSTRUMENTED_CONSUMER
+)
 
 # django_prometheus is installed in every variant so /metrics can be scraped and compared the same
 # way; it adds nothing to the WebSocket path.
