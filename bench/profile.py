@@ -94,7 +94,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(run.Path(sys.executable).with_name("py-spy"))
     out = run.RESULTS / f"profile-{args.variant}.collapsed.tmp"
-    config = dict(run.FULL, client="raw")
+    config = dict(run.FULL, client="websockets")
     with run.Server(args.variant) as server:
         recorder = subprocess.Popen(
             [py_spy, "record", "--format", "raw", "--rate", str(args.rate), "--gil",

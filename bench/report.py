@@ -39,7 +39,7 @@ def markdown(results):
         "core; pinning keeps channels' per-message thread hop on that core, which makes CPU per message "
         "stable whatever else the machine runs.",
         f"- Echo: {cfg['connections']} connections × {cfg['messages']} messages × {cfg['size']} B after "
-        f"{cfg['warmup']} warm-up messages each; closed loop, one message in flight per connection "
+        f"{cfg['warmup']} warm-up messages each, client `{cfg.get('client', '?')}`; closed loop, one message in flight per connection "
         f"(send, await the echo, send the next); connect concurrency ≤ 40. Server CPU is daphne's "
         "utime+stime from /proc/<pid>/stat around the measured burst; \"others' CPU\" is what the rest "
         "of the machine used meanwhile (/proc/stat busy time less daphne and the load generator). "

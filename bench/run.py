@@ -372,8 +372,8 @@ def parse_args(argv):
     for key, value in FULL.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
                             help=f"default {value} ({QUICK[key]} with --quick)")
-    parser.add_argument("--client", choices=("raw", "websockets"), default="raw",
-                        help="load generator's WebSocket client (default raw: bench/rawws.py)")
+    parser.add_argument("--client", choices=("websockets", "raw"), default="websockets",
+                        help="load generator's WebSocket client (raw: bench/rawws.py)")
     parser.add_argument("--variants", default=",".join(variants.ECHO_VARIANTS + variants.FANOUT_VARIANTS),
                         help="comma-separated subset to run (the baselines always run)")
     parser.add_argument("--profile", default="",
