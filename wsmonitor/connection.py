@@ -78,15 +78,12 @@ class Connection:
         return self.code is not UNSET
 
     def received(self, message):
-        """Count a ``websocket.receive``; return its size."""
+        """Count a ``websocket.receive``."""
         size = payload_size(message)
         self.messages_in += 1
         self.bytes_in += size
-        m = self.metrics
-        if m is not None:
-            m.messages_in.inc()
-            m.size_in.observe(size)
-        return size
+        if self.metrics is not None:
+            self.metrics.observe_size_in(size)  # ws_messages_total is read from its count
 
     def disconnected(self, code):
         if self.code is UNSET:
@@ -102,14 +99,12 @@ class Connection:
             self.error("send", exc)
             raise
         kind = message["type"]
-        if kind == "websocket.send":
+        if kind == "websocket.send":  # the hot path
             size = payload_size(message)
             self.messages_out += 1
             self.bytes_out += size
-            m = self.metrics
-            if m is not None:
-                m.messages_out.inc()
-                m.size_out.observe(size)
+            if self.metrics is not None:
+                self.metrics.observe_size_out(size)
         elif kind == "websocket.accept":
             if self.accepted_at is None and not self.rejected:
                 self.accepted(message)

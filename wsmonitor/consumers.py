@@ -88,28 +88,32 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 conn.finish(crashed)
 
     async def dispatch(self, message):
+        conn = self._wsm
         envelope = None
         if ENVELOPE_KEY in message:
             # Channel-layer envelope (wsmonitor.layers): delivery time and trace context,
             # then out of the handlers' way.
-            envelope, message = _layers.received(message, self._wsm)
-        conn = self._wsm
+            envelope, message = _layers.received(message, conn)
         if conn is None:
             return await super().dispatch(message)
-        stage = _STAGES.get(message["type"], "handler")
-        m = conn.metrics
-        started = None
-        if stage == "receive":
-            if self._wsm_heartbeat is not None and self._wsm_heartbeat.absorb(message):
+        started = span = None
+        kind = message["type"]
+        if kind == "websocket.receive":  # the hot path: kept to a few calls
+            stage = "receive"
+            heartbeat = self._wsm_heartbeat
+            if heartbeat is not None and heartbeat.absorb(message):
                 return  # a heartbeat pong: not the application's, not a counted message
             conn.received(message)
-            if m is not None:
+            if conn.tracer is not None:
+                span = self._wsm_handler_span(conn, stage, message, envelope)
+            if conn.metrics is not None:
                 started = time.perf_counter()
-        elif stage == "disconnect":
-            conn.disconnected(message.get("code"))
-        span = None
-        if conn.tracer is not None and (stage == "receive" or stage == "handler"):
-            span = self._wsm_handler_span(conn, stage, message, envelope)
+        else:
+            stage = _STAGES.get(kind, "handler")
+            if stage == "disconnect":
+                conn.disconnected(message.get("code"))
+            elif stage == "handler" and conn.tracer is not None:
+                span = self._wsm_handler_span(conn, stage, message, envelope)
         try:
             if span is None:
                 return await super().dispatch(message)
@@ -122,7 +126,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             raise
         finally:
             if started is not None:
-                m.handling.observe(time.perf_counter() - started)
+                conn.metrics.observe_handling(time.perf_counter() - started)
             if span is not None:
                 span.end()
 

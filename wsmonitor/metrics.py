@@ -1,6 +1,10 @@
 """Prometheus instruments, registered in the default registry that django-prometheus exports."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from bisect import bisect_left
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from .conf import get_config
 
@@ -29,14 +33,42 @@ CLOSES = Counter(
     "Closes of accepted connections by close code (undeclared application codes fold to 3xxx/4xxx).",
     LABELS + ("code",),
 )
-MESSAGES = Counter(
-    "ws_messages", "WebSocket messages received (in) and sent (out) by the application.",
-    LABELS + ("direction",),
-)
 MESSAGE_SIZE = Histogram(
     "ws_message_size_bytes", "WebSocket message payload size.", LABELS + ("direction",),
     buckets=SIZE_BUCKETS,
 )
+
+
+class MessagesCollector(Collector):
+    """``ws_messages_total``, read at scrape time from ``ws_message_size_bytes``' count.
+
+    Both count the same events; deriving one from the other saves the hot path
+    an instrument call per message.
+    """
+
+    HELP = "WebSocket messages received (in) and sent (out) by the application."
+
+    def __init__(self, families=MESSAGE_SIZE.collect):
+        self.families = families  # a callable yielding the families to read the count from
+
+    def describe(self):
+        return [CounterMetricFamily("ws_messages", self.HELP, labels=LABELS + ("direction",))]
+
+    def collect(self):
+        family = CounterMetricFamily("ws_messages", self.HELP, labels=LABELS + ("direction",))
+        for metric in self.families():
+            if metric.name == "ws_message_size_bytes":
+                for sample in metric.samples:
+                    if sample.name == "ws_message_size_bytes_count":
+                        labels = sample.labels
+                        family.add_metric(
+                            [labels["consumer"], labels["node"], labels["direction"]],
+                            sample.value)
+        yield family
+
+
+MESSAGES = MessagesCollector()
+REGISTRY.register(MESSAGES)
 CONNECTION_DURATION = Histogram(
     "ws_connection_duration_seconds", "Lifetime of accepted connections, accept to close.",
     LABELS, buckets=DURATION_BUCKETS,
@@ -79,12 +111,33 @@ def close_code_label(code, declared=frozenset()):
     return "invalid"
 
 
+def observer(child):
+    """A cheaper ``child.observe`` for the per-message histograms.
+
+    prometheus_client's ``Histogram.observe`` checks observability and walks
+    the buckets linearly; this adds to the same sum and bucket values, found by
+    bisection, for about a third less per call. It falls back to ``observe``
+    if the client's internals ever differ (tests/test_metrics.py compares both).
+    """
+    try:
+        total, buckets, bounds = child._sum, child._buckets, tuple(child._upper_bounds)
+        total.inc, buckets[0].inc  # noqa: B018 - both value classes have inc
+    except (AttributeError, IndexError):
+        return child.observe
+
+    def observe(amount, _total=total.inc, _buckets=buckets, _bounds=bounds, _find=bisect_left):
+        _total(amount)
+        _buckets[_find(_bounds, amount)].inc(1)
+
+    return observe
+
+
 class BoundMetrics:
     """The labelled children one consumer class uses, resolved once."""
 
     __slots__ = (
-        "consumer", "node", "declared", "active", "connects", "duration", "handling",
-        "messages_in", "messages_out", "size_in", "size_out",
+        "consumer", "node", "declared", "active", "connects", "duration", "observe_handling",
+        "observe_size_in", "observe_size_out",
     )
 
     def __init__(self, consumer, node, declared):
@@ -92,11 +145,9 @@ class BoundMetrics:
         self.active = CONNECTIONS_ACTIVE.labels(consumer, node)
         self.connects = CONNECTS.labels(consumer, node)
         self.duration = CONNECTION_DURATION.labels(consumer, node)
-        self.handling = MESSAGE_HANDLING.labels(consumer, node)
-        self.messages_in = MESSAGES.labels(consumer, node, "in")
-        self.messages_out = MESSAGES.labels(consumer, node, "out")
-        self.size_in = MESSAGE_SIZE.labels(consumer, node, "in")
-        self.size_out = MESSAGE_SIZE.labels(consumer, node, "out")
+        self.observe_handling = observer(MESSAGE_HANDLING.labels(consumer, node))
+        self.observe_size_in = observer(MESSAGE_SIZE.labels(consumer, node, "in"))
+        self.observe_size_out = observer(MESSAGE_SIZE.labels(consumer, node, "out"))
         # Start the series alerts read at 0: rate() cannot see the step of a
         # series that first appears already at 1.
         for code in ("1000", "1001", "1006", "1011"):

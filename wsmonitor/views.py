@@ -13,6 +13,7 @@ from django_prometheus.exports import ExportToDjangoView
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import metrics as _metrics
 from . import multiprocess, registry
 from .conf import get_config
 
@@ -65,7 +66,8 @@ def _export(request):
         return ExportToDjangoView(request)
     multiprocess.sweep(path)
     scrape = CollectorRegistry()
-    MultiProcessCollector(scrape, path=path)
+    merged = MultiProcessCollector(scrape, path=path)
+    scrape.register(_metrics.MessagesCollector(merged.collect))
     scrape.register(multiprocess.ProcessFdsCollector(path, get_config()["NODE"]))
     return HttpResponse(generate_latest(scrape), content_type=CONTENT_TYPE_LATEST)
 
