@@ -1,3 +1,3 @@
 from django.urls import include, path
 
-urlpatterns = [path("", include("django_prometheus.urls"))]
+urlpatterns = [path("", include("wsmonitor.urls"))]

@@ -1,11 +1,11 @@
 """One WebSocket connection's books, kept the same way by the consumer mixin and the middleware."""
 
 import atexit
-import contextlib
 import time
 import uuid
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -35,7 +35,7 @@ class Connection:
     __slots__ = (
         "scope", "session_id", "label", "metrics", "logs", "tracer", "span", "config",
         "asgi_send", "accepted_at", "rejected", "code", "counted_error", "finished", "adopted",
-        "on_open", "on_close", "messages_in", "messages_out", "bytes_in", "bytes_out",
+        "owner", "messages_in", "messages_out", "bytes_in", "bytes_out",
     )
 
     def __init__(self, scope, label, config, asgi_send, metrics_on, logs_on, tracer):
@@ -51,7 +51,7 @@ class Connection:
         self.counted_error = None  # the exception already counted at its stage
         self.finished = False
         self.adopted = False
-        self.on_open = self.on_close = None  # callables of the consumer that adopted it
+        self.owner = None  # the instrumented consumer that runs this connection, if any
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
         self.relabel(label, metrics_on, logs_on)
         if tracer is not None:
@@ -65,13 +65,23 @@ class Connection:
         if self.span is not None and self.span.is_recording():
             self.span.set_attribute("wsmonitor.consumer", label)
 
-    @contextlib.contextmanager
-    def current(self):
-        """The session ID in structlog's context and the connection span current."""
-        spans = (trace.use_span(self.span, record_exception=False, set_status_on_exception=False)
-                 if self.span is not None else contextlib.nullcontext())
-        with structlog.contextvars.bound_contextvars(session_id=self.session_id), spans:
-            yield
+    def enter(self):
+        """Bind the session ID for structlog and make the connection span current.
+
+        Plain tokens rather than context managers: what is held for a
+        connection's whole life is kept small (see docs/benchmarks.md).
+        """
+        tokens = structlog.contextvars.bind_contextvars(session_id=self.session_id)
+        if self.span is None:
+            return tokens, None
+        return tokens, otel_context.attach(trace.set_span_in_context(self.span))
+
+    @staticmethod
+    def leave(entered):
+        tokens, span_token = entered
+        if span_token is not None:
+            otel_context.detach(span_token)
+        structlog.contextvars.reset_contextvars(**tokens)
 
     @property
     def closing(self):
@@ -133,8 +143,8 @@ class Connection:
                 "ws_open", consumer=self.label, path=self.scope.get("path"),
                 client=f"{client[0]}:{client[1]}" if client else None, subprotocol=subprotocol,
             )
-        if self.on_open is not None:
-            self.on_open()
+        if self.owner is not None:
+            self.owner._wsm_opened()
 
     def reject(self, reason):
         self.rejected = reason
@@ -164,8 +174,8 @@ class Connection:
             return
         self.finished = True
         _unfinished.discard(self)
-        if self.on_close is not None:
-            self.on_close()
+        if self.owner is not None:
+            self.owner._wsm_closed()
         if self.accepted_at is None:
             if not self.rejected:
                 self.reject(reject_reason or ("error" if crashed else "abandoned"))
@@ -215,8 +225,11 @@ def _finish_at_exit():
     leaves unrecorded here is lost for good.
     """
     for conn in list(_unfinished):
-        with conn.current():
+        entered = conn.enter()
+        try:
             conn.finish(shutdown=True)
+        finally:
+            conn.leave(entered)
     flush = getattr(trace.get_tracer_provider(), "force_flush", None)
     if flush is not None:
         flush(5000)

@@ -70,22 +70,23 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             asgi_send = conn.send
         scope["wsmonitor"]["session_id"] = self.session_id = conn.session_id
         self._wsm = conn
-        conn.on_open, conn.on_close = self._wsm_opened, self._wsm_closed
+        conn.owner = self
         crashed = None
-        with conn.current():
-            try:
-                await super().__call__(scope, receive, asgi_send)
-            except asyncio.CancelledError:
-                raise  # server shutdown: daphne cancels without a close frame
-            except BaseException as exc:
-                crashed = exc
-                # Counted already at its stage, or raised outside any handler:
-                # the channel layer's receive.
-                conn.error("layer", exc)
-                raise
-            finally:
-                self._wsm_ended()
-                conn.finish(crashed)
+        entered = conn.enter()
+        try:
+            await super().__call__(scope, receive, asgi_send)
+        except asyncio.CancelledError:
+            raise  # server shutdown: daphne cancels without a close frame
+        except BaseException as exc:
+            crashed = exc
+            # Counted already at its stage, or raised outside any handler:
+            # the channel layer's receive.
+            conn.error("layer", exc)
+            raise
+        finally:
+            self._wsm_ended()
+            conn.finish(crashed)
+            conn.leave(entered)
 
     async def dispatch(self, message):
         conn = self._wsm
@@ -126,7 +127,12 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             raise
         finally:
             if started is not None:
-                conn.metrics.observe_handling(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                exemplar = tracing.exemplar(span) if span is not None else None
+                if exemplar is None:
+                    conn.metrics.observe_handling(elapsed)
+                else:  # a slow message in Grafana leads to its trace
+                    conn.metrics.handling.observe(elapsed, exemplar)
             if span is not None:
                 span.end()
 

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 from django.core.exceptions import ImproperlyConfigured
 
 from . import metrics as _metrics
+from . import tracing
 from .conf import get_config
 from .logging import logger
 
@@ -157,7 +158,8 @@ class Heartbeat:
         if pending and pending[0][0] == ident:
             _, sent = pending.popleft()
             if self.metrics is not None:
-                self.metrics.rtt.observe(now - sent)
+                # The connection span's trace, when sampled: a high RTT leads to its session.
+                self.metrics.rtt.observe(now - sent, tracing.exemplar())
         elif ident <= self.last_answered:
             return  # a duplicate
         # else: a ping too old to remember (MAX_PENDING): alive, but no RTT to observe

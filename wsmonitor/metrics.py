@@ -136,7 +136,8 @@ class BoundMetrics:
     """The labelled children one consumer class uses, resolved once."""
 
     __slots__ = (
-        "consumer", "node", "declared", "active", "connects", "duration", "observe_handling",
+        "consumer", "node", "declared", "active", "connects", "duration", "handling",
+        "observe_handling",
         "observe_size_in", "observe_size_out",
     )
 
@@ -145,7 +146,8 @@ class BoundMetrics:
         self.active = CONNECTIONS_ACTIVE.labels(consumer, node)
         self.connects = CONNECTS.labels(consumer, node)
         self.duration = CONNECTION_DURATION.labels(consumer, node)
-        self.observe_handling = observer(MESSAGE_HANDLING.labels(consumer, node))
+        self.handling = MESSAGE_HANDLING.labels(consumer, node)  # observe(..., exemplar)
+        self.observe_handling = observer(self.handling)
         self.observe_size_in = observer(MESSAGE_SIZE.labels(consumer, node, "in"))
         self.observe_size_out = observer(MESSAGE_SIZE.labels(consumer, node, "out"))
         # Start the series alerts read at 0: rate() cannot see the step of a

@@ -50,21 +50,22 @@ class WSMonitorMiddleware:
             return message
 
         crashed = reason = None
-        with conn.current():
-            try:
-                await self.app(scope, counting_receive, conn.send)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                crashed = exc
-                if conn.adopted:
-                    raise  # the consumer counted it
-                if conn.accepted_at is not None:
-                    conn.error("application", exc)
-                elif isinstance(exc, ValueError) and "No route found" in str(exc):
-                    reason = "no_route"  # channels' URLRouter: a refusal, not an app error
-                else:
-                    conn.error("connect", exc)
-                raise
-            finally:
-                conn.finish(crashed, reject_reason=reason)
+        entered = conn.enter()
+        try:
+            await self.app(scope, counting_receive, conn.send)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            crashed = exc
+            if conn.adopted:
+                raise  # the consumer counted it
+            if conn.accepted_at is not None:
+                conn.error("application", exc)
+            elif isinstance(exc, ValueError) and "No route found" in str(exc):
+                reason = "no_route"  # channels' URLRouter: a refusal, not an app error
+            else:
+                conn.error("connect", exc)
+            raise
+        finally:
+            conn.finish(crashed, reject_reason=reason)
+            conn.leave(entered)

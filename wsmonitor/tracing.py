@@ -92,6 +92,15 @@ def inject(carrier):
     return carrier
 
 
+def exemplar(span=None):
+    """The span (default: the current one) as an OpenMetrics exemplar if it is sampled."""
+    context = (span or trace.get_current_span()).get_span_context()
+    if context.is_valid and context.trace_flags.sampled:
+        return {"trace_id": format(context.trace_id, "032x"),
+                "span_id": format(context.span_id, "016x")}
+    return None
+
+
 def start_connection_span(tracer, scope, session_id, label):
     attributes = {"websocket.session.id": session_id, "url.path": scope.get("path", ""),
                   "wsmonitor.consumer": label}

@@ -9,8 +9,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import Http404, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.http import require_GET
-from django_prometheus.exports import ExportToDjangoView
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import metrics as _metrics
@@ -60,16 +60,23 @@ def metrics(request):
 
 
 def _export(request):
-    """django-prometheus's export; in multiprocess mode it first sweeps dead processes."""
+    """The registry in the format the scraper asks for (OpenMetrics carries exemplars).
+
+    django-prometheus's ExportToDjangoView always answers in the classic text
+    format, which cannot carry exemplars. In multiprocess mode dead processes
+    are swept first (exemplars are not kept across processes).
+    """
     path = multiprocess.directory()
-    if not path:
-        return ExportToDjangoView(request)
-    multiprocess.sweep(path)
-    scrape = CollectorRegistry()
-    merged = MultiProcessCollector(scrape, path=path)
-    scrape.register(_metrics.MessagesCollector(merged.collect))
-    scrape.register(multiprocess.ProcessFdsCollector(path, get_config()["NODE"]))
-    return HttpResponse(generate_latest(scrape), content_type=CONTENT_TYPE_LATEST)
+    if path:
+        multiprocess.sweep(path)
+        registry_ = CollectorRegistry()
+        merged = MultiProcessCollector(registry_, path=path)
+        registry_.register(_metrics.MessagesCollector(merged.collect))
+        registry_.register(multiprocess.ProcessFdsCollector(path, get_config()["NODE"]))
+    else:
+        registry_ = REGISTRY
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encoder(registry_), content_type=content_type)
 
 
 def sessions(request):
