@@ -4,6 +4,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 
@@ -33,7 +34,8 @@ class Prometheus:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [binary, f"--config.file={config_path}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+             "--enable-feature=exemplar-storage"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:
@@ -230,3 +232,25 @@ async def test_prometheus_answers_what_the_clients_did(start_daphne, prometheus_
     await sockets[4].close()
     await late.close()
     await until(prom, "sum by (node) (ws_connections_active)", "node", {NODE: 0})
+
+
+async def test_prometheus_stores_exemplars_that_lead_to_traces(start_daphne, prometheus_factory):
+    daphne = start_daphne(name="exemplars", env={"OTEL_TRACES_EXPORTER": "console"})
+    prom = prometheus_factory(f"127.0.0.1:{daphne.port}")
+    await until(prom, 'up{job="wsmonitor"}', "job", {"wsmonitor": 1})
+    async with client(daphne, "/ws/echo/") as ws:
+        for index in range(5):
+            await ws.send(f"traced {index}")
+            await asyncio.wait_for(ws.recv(), 5)
+
+    def stored():
+        now = time.time()
+        data = prom.api("query_exemplars", query="ws_message_handling_seconds_bucket",
+                        start=now - 300, end=now + 5)
+        return {e["labels"]["trace_id"] for series in data for e in series["exemplars"]}
+
+    traces = await eventually(stored, timeout=15, interval=0.25, message="exemplars stored")
+    printed = {json.loads(line)["context"]["trace_id"][2:] for line in daphne.log().splitlines()
+               if line.startswith("{") and '"name": "EchoConsumer receive"' in line}
+    assert len(printed) == 5
+    assert traces and traces <= printed  # each exemplar names a trace the server really made
