@@ -7,7 +7,7 @@ import uuid
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Link, Status, StatusCode
 
 from . import metrics as _metrics
 from . import tracing
@@ -35,7 +35,7 @@ class Connection:
     __slots__ = (
         "scope", "session_id", "label", "metrics", "logs", "tracer", "span", "config",
         "asgi_send", "accepted_at", "rejected", "code", "counted_error", "finished", "adopted",
-        "owner", "messages_in", "messages_out", "bytes_in", "bytes_out",
+        "owner", "links", "messages_in", "messages_out", "bytes_in", "bytes_out",
     )
 
     def __init__(self, scope, label, config, asgi_send, metrics_on, logs_on, tracer):
@@ -54,8 +54,10 @@ class Connection:
         self.owner = None  # the instrumented consumer that runs this connection, if any
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
         self.relabel(label, metrics_on, logs_on)
+        self.links = None
         if tracer is not None:
             self.span = tracing.start_connection_span(tracer, scope, self.session_id, label)
+            self.links = [Link(self.span.get_span_context())]  # every message span's link
         _unfinished.add(self)
 
     def relabel(self, label, metrics_on, logs_on):

@@ -12,6 +12,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import (
     AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer, JsonWebsocketConsumer, WebsocketConsumer,
 )
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -115,11 +116,9 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 conn.disconnected(message.get("code"))
             elif stage == "handler" and conn.tracer is not None:
                 span = self._wsm_handler_span(conn, stage, message, envelope)
+        token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
         try:
-            if span is None:
-                return await super().dispatch(message)
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                return await super().dispatch(message)
+            return await super().dispatch(message)
         except StopConsumer:
             raise
         except Exception as exc:
@@ -134,6 +133,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 else:  # a slow message in Grafana leads to its trace
                     conn.metrics.handling.observe(elapsed, exemplar)
             if span is not None:
+                otel_context.detach(token)
                 span.end()
 
     def _wsm_handler_span(self, conn, stage, message, envelope=None):
@@ -152,7 +152,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 return None  # only events that carry a trace continue one
             name, kind, new_trace = f"{conn.label} {message['type']}", SpanKind.CONSUMER, True
         return tracing.start_handler_span(conn.tracer, name, parent, conn.span,
-                                          conn.session_id, kind, new_trace)
+                                          conn.session_id, kind, new_trace, conn.links)
 
     # --- Heartbeat, reconnect reports, saturation sampler (issue 5) ----------------
     _wsm_sampling = False
