@@ -1,4 +1,7 @@
+import importlib.util
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,63 +42,6 @@ def wait_until(predicate, timeout=10.0, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
-
-
-class Daphne:
-    """A real daphne process serving the demo project on a loopback port."""
-
-    def __init__(self, tmp_path, env=None, args=(), name="live",
-                 app="demo_project.asgi:application", port=None):
-        self.port = port or free_port()  # a port: restart a server where clients expect it
-        self.log_path = tmp_path / f"daphne-{name}-{self.port}.log"
-        full_env = {**os.environ, "DEMO_DB": str(tmp_path / "demo.sqlite3"),
-                    "WSMONITOR_NODE": name, "PYTHONUNBUFFERED": "1",
-                    "DJANGO_SETTINGS_MODULE": "demo_project.settings"}
-        full_env.pop("REDIS_URL", None)
-        full_env.update(env or {})
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), *args,
-             app],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(self._ready, timeout=30, message=f"daphne on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _ready(self):
-        if self.process.poll() is not None:
-            raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def http_url(self, path="/"):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def ws_url(self, path):
-        return f"ws://127.0.0.1:{self.port}{path}"
-
-    def scrape(self):
-        with urllib.request.urlopen(self.http_url("/metrics"), timeout=5) as response:
-            return MetricsSnapshot.parse(response.read().decode())
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture
@@ -156,13 +102,8 @@ def established(port):
     return sum(1 for line in out.splitlines() if line.strip())
 
 
-# --- Servers: daphne, uvicorn, gunicorn with uvicorn workers (tests/test_servers.py) ---------
-# The classes above stay as they are for the existing tests; ``DaphneServer`` runs the same
-# command line as ``Daphne`` through the shared ``Server`` base.
+# --- Servers: daphne, uvicorn, gunicorn with uvicorn workers ------------------------------
 
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
 
 
 class Server:
@@ -264,7 +205,7 @@ class Server:
 
 
 class DaphneServer(Server):
-    """daphne, with the same command line as :class:`Daphne`."""
+    """daphne serving the demo (or ``app``) on a loopback port."""
 
     kind = "daphne"
     modules = ("daphne",)
@@ -274,6 +215,9 @@ class DaphneServer(Server):
         if keepalive:
             ping = ("--ping-interval", str(keepalive[0]), "--ping-timeout", str(keepalive[1]))
         return ["daphne", "-b", "127.0.0.1", "-p", str(self.port), *ping, app]
+
+
+Daphne = DaphneServer  # the name most tests use
 
 
 #: uvicorn's implementations, named explicitly (what uvicorn[standard]'s "auto" picks today).
