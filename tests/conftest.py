@@ -93,13 +93,19 @@ async def eventually(predicate, timeout=10.0, interval=0.05, message="condition"
         await asyncio.sleep(interval)
 
 
-def established(port):
-    """Server-side ESTABLISHED TCP connections on ``port``, counted by the kernel (ss)."""
+def established(port, state="established"):
+    """Server-side TCP connections on ``port`` in ``state``, counted by the kernel (ss)."""
     out = subprocess.run(
-        ["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+        ["ss", "-Htn", "state", state, f"( sport = :{port} )"],
         capture_output=True, text=True, timeout=10, check=True,
     ).stdout
     return sum(1 for line in out.splitlines() if line.strip())
+
+
+def rss_kb(pid):
+    """Resident memory of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
 # --- Servers: daphne, uvicorn, gunicorn with uvicorn workers ------------------------------

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .conftest import established, eventually, free_port, need
+from .conftest import established, eventually, free_port, need, rss_kb
 
 LIVE_APP = "tests.live_app:application"
 
@@ -207,14 +207,6 @@ async def test_redis_outage_mid_chat_is_counted_and_recovers(start_daphne, priva
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["message"] == "after"
     await eventually(lambda: server.scrape().value(
         "ws_connections_active", consumer="ChatConsumer") == 0)
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 async def churn(server, path, cycles, concurrency=20):

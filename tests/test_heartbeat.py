@@ -1,7 +1,6 @@
 """Application heartbeat: RTT, pong filtering, zombie timeouts (4408), task clean-up, reconnects."""
 
 import asyncio
-import json
 import logging
 
 import pytest

@@ -6,26 +6,14 @@ WSMONITOR_SOAK_SECONDS (default 20) makes it longer.
 import asyncio
 import json
 import os
-import subprocess
 import time
 
 from websockets.asyncio.client import connect
 
-from .conftest import established
+from .conftest import established, rss_kb
 
 SECONDS = float(os.environ.get("WSMONITOR_SOAK_SECONDS", "20"))
 ECHO, CHAT, ROOMS = 200, 100, 10
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
-def close_wait(port):
-    out = subprocess.run(["ss", "-Htn", "state", "close-wait", f"( sport = :{port} )"],
-                         capture_output=True, text=True, timeout=10, check=True).stdout
-    return sum(1 for line in out.splitlines() if line.strip())
 
 
 async def test_soak(start_daphne, redis_url):
@@ -75,7 +63,7 @@ async def test_soak(start_daphne, redis_url):
             await asyncio.sleep(2)
             snapshot = server.scrape()
             samples.append((snapshot.value("ws_connections_active"), established(server.port),
-                            rss_kb(server.process.pid), close_wait(server.port)))
+                            rss_kb(server.process.pid), established(server.port, 'close-wait')))
 
     await asyncio.gather(*(echo_loop(ws, i) for i, ws in enumerate(echoes)),
                          *(chat_loop(ws, i) for i, ws in enumerate(chats)), scraper())

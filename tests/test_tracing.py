@@ -1,6 +1,5 @@
 """Spans and W3C propagation, checked with an in-memory exporter."""
 
-import json
 import uuid
 import subprocess
 import sys
