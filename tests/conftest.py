@@ -76,7 +76,8 @@ def redis_available(host="127.0.0.1", port=6379):
 @pytest.fixture
 def redis_url():
     need(redis_available(), "Redis is not answering on 127.0.0.1:6379")
-    return "redis://127.0.0.1:6379/0"
+    # Separate databases let several checkouts run their suites side by side.
+    return f"redis://127.0.0.1:6379/{os.environ.get('WSM_TEST_REDIS_DB', '0')}"
 
 
 async def eventually(predicate, timeout=10.0, interval=0.05, message="condition"):
