@@ -1,5 +1,3 @@
-import logging
-
 from django.apps import AppConfig
 
 
@@ -11,20 +9,21 @@ class WSMonitorConfig(AppConfig):
         # The built-in features plug themselves into the lifecycle on import.
         from . import checks, heartbeat, metrics, reconnect, registry, saturation  # noqa: F401
         from .conf import get_config
-        from .logging import configure
+        from .logging import configure, logger
 
         config = get_config()  # the documented defaults while WSMONITOR is invalid
         if config["LOGS"] and config["CONFIGURE_LOGGING"]:
             configure()
         # daphne and uvicorn never run system checks: say it where the server logs.
-        log = logging.getLogger("wsmonitor")
+        settings_invalid = bool(checks.settings_errors())
         for problem in checks.startup_problems():
-            level = logging.ERROR if problem.is_serious() else logging.WARNING
-            hint = f" HINT: {problem.hint}" if problem.hint else ""
-            extra = " wsmonitor runs with its documented defaults until it is fixed." if (
-                problem.id or "").startswith("wsmonitor.E0") and problem.id != "wsmonitor.E018" \
-                else ""
-            log.log(level, "%s: %s%s%s", problem.id, problem.msg, hint, extra)
+            log = logger.error if problem.is_serious() else logger.warning
+            log("ws_config_error" if problem.is_serious() else "ws_config_warning",
+                check=problem.id, message=problem.msg, hint=problem.hint)
+        if settings_invalid:
+            logger.error("ws_config_error", check="wsmonitor.E000",
+                         message="WSMONITOR is invalid: wsmonitor runs with its documented "
+                                 "defaults until it is fixed.")
         metrics.set_capacity()
         from . import multiprocess
 

@@ -150,8 +150,12 @@ def sampler_task():
 
 
 def _twisted_reactor():
+    # Installed is not serving: "daphne" in INSTALLED_APPS installs Twisted's reactor in
+    # any server process (uvicorn's too), but only daphne runs it.
     reactor = sys.modules.get("twisted.internet.reactor")
-    return reactor if hasattr(reactor, "getWriters") else None
+    if hasattr(reactor, "getWriters") and getattr(reactor, "running", False):
+        return reactor
+    return None
 
 
 def _pending_bytes(transport):

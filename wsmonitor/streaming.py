@@ -86,8 +86,8 @@ class Stream:
         self.max_interval = 0.0
 
     async def __aenter__(self):
-        span = _trace.get_current_span()
-        if span.is_recording():
+        span = _trace.get_current_span()  # ended already if this runs in a task of a handler
+        if span.get_span_context().is_valid:
             self.span = span
         self.started_ns = time.time_ns()
         self.started = time.perf_counter()
