@@ -16,6 +16,12 @@ from wsmonitor.testing import MetricsSnapshot, assert_metric_diff, metric_diff
 from .conftest import eventually
 
 NODE = "test-node"
+
+
+def sampler_task():
+    """The running loop's saturation sampler task, or None."""
+    sampler = saturation._samplers.get(asyncio.get_running_loop())
+    return sampler.task if sampler else None
 opened = []  # consumer instances, so tests can look at their heartbeat task
 
 
@@ -180,7 +186,7 @@ async def test_the_heartbeat_task_ends_on_every_path_out(path):
     communicator = await open_ws(JsonBeat)
     consumer = opened[0]
     task = consumer._wsm.state["heartbeat"].task
-    sampler = saturation.sampler_task()
+    sampler = sampler_task()
     assert not task.done() and sampler is not None and not sampler.done()
     if path == "client-close":
         await communicator.disconnect(code=1001, timeout=3)
@@ -199,7 +205,7 @@ async def test_the_heartbeat_task_ends_on_every_path_out(path):
             await communicator.future
     await eventually(lambda: task.done() and sampler.done(), timeout=3,
                      message="heartbeat and sampler tasks finished")
-    assert task.cancelled() and saturation.sampler_task() is None
+    assert task.cancelled() and sampler_task() is None
 
 
 async def test_reported_reconnects_are_counted_in_bounded_buckets():

@@ -143,12 +143,6 @@ class SaturationFeature(features.Feature):
 features.register(SaturationFeature())
 
 
-def sampler_task():
-    """The running loop's sampler task, or None (for tests)."""
-    sampler = _samplers.get(asyncio.get_running_loop())
-    return sampler.task if sampler else None
-
-
 def _twisted_reactor():
     # Installed is not serving: "daphne" in INSTALLED_APPS installs Twisted's reactor in
     # any server process (uvicorn's too), but only daphne runs it.
