@@ -13,10 +13,14 @@ their difference.
 
 With ``--tree`` each checkout runs in its own child process (``PYTHONPATH=<tree>``), the
 checkouts alternating round by round, so a noisy machine hits both alike. For figures that do not
-drift with the machine's load, count instructions instead::
+drift with the machine's load, count instructions: the difference between two runs of
+different lengths is the per-message count, start-up cancelled out::
 
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
-        python -m bench.microbench --child --rounds 1 --messages 20000
+    for n in 2000 6000; do
+      PYTHONPATH=<tree> valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$n \\
+          python bench/microbench.py --only instrumented --rounds 1 --messages $n
+    done
+    # (Ir(6000) - Ir(2000)) / 4000 = instructions per message
 """
 
 import argparse
@@ -89,9 +93,11 @@ async def _one_run(app, messages, text):
     return (time.perf_counter() - started) / messages * 1e6
 
 
-def child(rounds, messages, text):
+def child(rounds, messages, text, only=None):
     """Measure this interpreter's wsmonitor: ``rounds`` alternating runs of each consumer."""
     apps = _setup()
+    if only:
+        apps = {only: apps[only]}
     results = {name: [] for name in apps}
 
     async def main():
@@ -118,12 +124,14 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--text", default="x" * 100)
+    parser.add_argument("--only", choices=("plain", "instrumented"),
+                        help="run one consumer (for instruction counts under callgrind)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child or not args.tree:
-        results = child(args.rounds, args.messages, args.text)
-        if args.child:
+        results = child(args.rounds, args.messages, args.text, args.only)
+        if args.child or args.only:
             print(json.dumps(results))
             return
         plain, instrumented, diff = _summary(results)

@@ -1,5 +1,7 @@
 """wsmonitor settings: one ``WSMONITOR`` dict merged over documented defaults."""
 
+import ipaddress
+import logging
 import socket
 from functools import lru_cache
 
@@ -82,9 +84,6 @@ def validate(user):
     Plain data, so that this module imports nothing of wsmonitor; the system
     checks (wsmonitor.checks) and the start-up log report the same list.
     """
-    import ipaddress
-    import logging
-
     if user is None:
         return []
     if not isinstance(user, dict):

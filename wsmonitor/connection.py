@@ -87,7 +87,6 @@ class Connection:
         self.opened_features = ()
         self.state = {}  # feature name -> that feature's per-connection state
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
-        self.span = None
         self.relabel(label, metrics_on, logs_on, kind, options)
         self.links = None
         if tracer is not None:

@@ -101,7 +101,10 @@ class Heartbeat:
 
     def stop(self):
         if self.task is not None and not self.task.done():
-            self.task.cancel()
+            try:
+                self.task.cancel()
+            except RuntimeError:  # at exit, the loop is closed: the task dies with it
+                pass
 
     @property
     def enforcing(self):
