@@ -68,7 +68,10 @@ class _Sampler:
     async def run(self):
         node = get_config()["NODE"]
         lag = LOOP_LAG.labels(node)
-        backlog_bytes = backlog_connections = None  # created once measurable, never before
+        backlog_bytes = backlog_connections = None
+        if _twisted_reactor() is not None:  # measurable here: exported from the first connection
+            backlog_bytes = SEND_BACKLOG_BYTES.labels(node)
+            backlog_connections = SEND_BACKLOG_CONNECTIONS.labels(node)
         loop = self.loop
         layers = set()
         try:
@@ -78,10 +81,7 @@ class _Sampler:
                 await asyncio.sleep(interval)
                 lag.observe(max(0.0, loop.time() - started - interval))
                 backlog = send_backlog()
-                if backlog is not None:
-                    if backlog_bytes is None:
-                        backlog_bytes = SEND_BACKLOG_BYTES.labels(node)
-                        backlog_connections = SEND_BACKLOG_CONNECTIONS.labels(node)
+                if backlog is not None and backlog_bytes is not None:
                     backlog_bytes.set(sum(backlog.values()))
                     backlog_connections.set(len(backlog))
                 for alias, waiting in (await layer_backlog()).items():
