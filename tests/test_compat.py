@@ -33,11 +33,25 @@ def test_installed_versions_are_within_the_tested_range():
     assert compat.startup_problems() == []
 
 
+def test_the_tested_ranges_are_the_matrix_pins():
+    # scripts/matrix.sh runs the fast suite on exactly these versions.
+    from .conftest import ROOT
+
+    def pins(end):
+        lines = (ROOT / "scripts" / "matrix" / f"{end}.txt").read_text().splitlines()
+        return dict(line.split("==") for line in lines if line and not line.startswith("#"))
+
+    oldest, newest = pins("oldest"), pins("newest")
+    for distribution, (low, high) in compat.TESTED.items():
+        assert compat._release(oldest[distribution]) == compat._release(low), distribution
+        assert newest[distribution].startswith(high + "."), distribution
+
+
 def test_a_version_outside_the_range_is_a_system_check_warning(monkeypatch):
     monkeypatch.setitem(compat.TESTED, "Django", ("1.0", "1.0"))
-    warnings = [m for m in run_checks() if m.id == "wsmonitor.W004"]
-    assert len(warnings) == 1
-    assert "Django" in warnings[0].msg and "newer than the newest" in warnings[0].msg
+    (warning,) = [m for m in run_checks()
+                  if m.id == "wsmonitor.W004" and m.msg.startswith("Django ")]
+    assert "newer than the newest" in warning.msg and "(1.0.x)" in warning.msg
 
 
 def test_histogram_parts_observe_exactly_what_observe_would(fresh_warnings):

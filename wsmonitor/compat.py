@@ -19,13 +19,14 @@ logger = logging.getLogger("wsmonitor")
 #: (scripts/matrix.sh) runs the fast suite at both ends; a "newest" of "5.2" covers 5.2.x.
 TESTED = {
     "Django": ("5.2", "5.2"),
-    "channels": ("4.0", "4.3"),
-    "channels-redis": ("4.1", "4.3"),
-    "prometheus-client": ("0.20", "0.26"),
-    "redis": ("5.0", "8.1"),
-    "structlog": ("24.1", "26.1"),
-    "daphne": ("4.0", "4.2"),
-    "Twisted": ("22.4", "26.10"),
+    "channels": ("4.3.0", "4.3"),
+    "channels-redis": ("4.0.0", "4.3"),
+    "redis": ("4.6.0", "8.1"),
+    "prometheus-client": ("0.14.1", "0.26"),
+    "structlog": ("21.5.0", "26.1"),
+    "opentelemetry-api": ("1.27.0", "1.45"),
+    "daphne": ("4.0.0", "4.2"),
+    "Twisted": ("22.4.0", "26.10"),
 }
 
 #: What each library's private internals are used for, said in the warnings.
