@@ -54,40 +54,44 @@ def test_a_version_outside_the_range_is_a_system_check_warning(monkeypatch):
     assert "newer than the newest" in warning.msg and "(1.0.x)" in warning.msg
 
 
-def test_histogram_parts_observe_exactly_what_observe_would(fresh_warnings):
+def test_the_histogram_observer_exports_exactly_what_observe_would(fresh_warnings, caplog):
     registry = CollectorRegistry()
     ours = Histogram("ours", "x", buckets=(0.1, 1, 10), registry=registry)
     theirs = Histogram("theirs", "x", buckets=(0.1, 1, 10), registry=registry)
-    total, buckets, bounds = compat.histogram_parts(ours)
+    with caplog.at_level(logging.WARNING, logger="wsmonitor"):
+        observe = compat.histogram_observer(ours)
+    assert observe != ours.observe and not caplog.records
     for amount in (0, 0.1, 0.10001, 1, 5, 10, 11, 1e9):
-        total.inc(amount)
-        buckets[compat._bucket(bounds, amount)].inc(1)
+        observe(amount)
         theirs.observe(amount)
-    ours_samples = sorted((s.name[4:], tuple(s.labels.items()), s.value)
-                          for s in ours.collect()[0].samples if "created" not in s.name)
-    theirs_samples = sorted((s.name[6:], tuple(s.labels.items()), s.value)
-                            for s in theirs.collect()[0].samples if "created" not in s.name)
-    assert ours_samples == theirs_samples
+
+    def exported(histogram, prefix):
+        return sorted((s.name[len(prefix):], tuple(s.labels.items()), s.value)
+                      for s in histogram.collect()[0].samples if "created" not in s.name)
+
+    assert exported(ours, "ours") == exported(theirs, "theirs")
 
 
-def test_unexpected_histogram_internals_switch_off_loudly_once(fresh_warnings, caplog):
+def test_unexpected_histogram_internals_fall_back_to_observe_loudly_once(fresh_warnings,
+                                                                         caplog):
     class Renamed:
         def observe(self, amount):
             pass
 
+    child = Renamed()
     with caplog.at_level(logging.WARNING, logger="wsmonitor"):
-        assert compat.histogram_parts(Renamed()) is None
-        assert compat.histogram_parts(Renamed()) is None
+        assert compat.histogram_observer(child) == child.observe
+        assert compat.histogram_observer(Renamed()) is not None
     lines = [r.getMessage() for r in caplog.records if "prometheus-client" in r.getMessage()]
-    assert len(lines) == 1 and "switched off" in lines[0]
+    assert len(lines) == 1 and "switched off" in lines[0] and "observe() is used" in lines[0]
 
 
 def test_a_failing_self_check_switches_the_fast_path_off(fresh_warnings, monkeypatch, caplog):
-    monkeypatch.setattr(compat, "_histogram_internals_work", lambda: False)
+    monkeypatch.setattr(compat, "_histograms_work", lambda: False)
     child = Histogram("probe_off", "x", registry=CollectorRegistry())
     with caplog.at_level(logging.WARNING, logger="wsmonitor"):
-        assert compat.histogram_parts(child) is None
-    assert any("prometheus-client" in r.getMessage() for r in caplog.records)
+        assert compat.histogram_observer(child) == child.observe
+    assert any("did not export what observe() does" in r.getMessage() for r in caplog.records)
 
 
 def test_twisted_pending_bytes_follow_a_real_transport(fresh_warnings):

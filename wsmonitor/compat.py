@@ -31,8 +31,7 @@ TESTED = {
 
 #: What each library's private internals are used for, said in the warnings.
 USES = {
-    "prometheus-client": "the per-message histograms (Histogram child _sum, _buckets, "
-                         "_upper_bounds)",
+    "prometheus-client": "the lock-free per-message histograms (observe() is used instead)",
     "Twisted": "ws_send_backlog_* (transport dataBuffer, offset, _tempDataLen)",
 }
 
@@ -106,63 +105,65 @@ def disable(distribution, reason):
 # --- prometheus_client ---------------------------------------------------------------------
 
 _histogram_ok = None
+_PROBE = (0, 0.5, 1, 1.5, 2, 3, 1e9)
 
 
-def _histogram_internals_work():
-    """Observe through the internals on a private Histogram and compare with what it exports."""
+def _histograms_work():
+    """Observe through wsmonitor.histograms and through ``observe()`` on two private
+    Histograms, and compare what they export."""
     from prometheus_client import CollectorRegistry, Histogram
 
-    histogram = Histogram("wsmonitor_compat_probe", "probe", buckets=(1, 2),
-                          registry=CollectorRegistry())
-    parts = _histogram_parts(histogram)
-    if parts is None:
+    from . import histograms
+
+    registry = CollectorRegistry()
+    plain, fast = (Histogram(name, "probe", buckets=(1, 2), registry=registry)
+                   for name in ("wsmonitor_probe_plain", "wsmonitor_probe_fast"))
+    observe = histograms.observer(fast)
+    if observe == fast.observe:
         return False
-    total, buckets, bounds = parts
-    for amount in (0.5, 1, 1.5, 3):
-        total.inc(amount)
-        buckets[_bucket(bounds, amount)].inc(1)
-    samples = {(s.name, s.labels.get("le")): s.value
-               for metric in histogram.collect() for s in metric.samples}
-    return samples.get(("wsmonitor_compat_probe_sum", None)) == 6.0 and [
-        samples.get(("wsmonitor_compat_probe_bucket", le)) for le in ("1.0", "2.0", "+Inf")
-    ] == [2.0, 3.0, 4.0]
+    for amount in _PROBE:
+        plain.observe(amount)
+        observe(amount)
+
+    def exported(histogram, prefix):
+        return sorted((s.name[len(prefix):], tuple(sorted(s.labels.items())), s.value)
+                      for metric in histogram.collect() for s in metric.samples
+                      if not s.name.endswith("_created"))
+
+    return (exported(plain, "wsmonitor_probe_plain") == exported(fast, "wsmonitor_probe_fast")
+            and len(exported(plain, "wsmonitor_probe_plain")) == 5)
 
 
-def _bucket(bounds, amount):
-    from bisect import bisect_left
+def _multiprocess():
+    from prometheus_client import values
 
-    return bisect_left(bounds, amount)
-
-
-def _histogram_parts(child):
-    try:
-        total, buckets, bounds = child._sum, child._buckets, tuple(child._upper_bounds)
-        if not (callable(total.inc) and len(buckets) == len(bounds) and bounds
-                and bounds[-1] == math.inf and all(callable(b.inc) for b in buckets)):
-            return None
-    except (AttributeError, TypeError):
-        return None
-    return total, buckets, bounds
+    return values.ValueClass is not values.MutexValue
 
 
-def histogram_parts(child):
-    """``(sum value, bucket values, upper bounds)`` of a prometheus_client Histogram child,
-    for observing without ``observe``'s overhead; None (logged once) when the client's
-    internals are not what wsmonitor was tested with: then use ``child.observe``."""
+def histogram_observer(child):
+    """A cheap stand-in for ``child.observe`` (wsmonitor.histograms) when prometheus_client's
+    Histogram internals (``_sum``, ``_buckets``, ``_upper_bounds``) behave as tested;
+    otherwise ``child.observe`` itself, with one warning. Multiprocess mode keeps
+    prometheus_client's file-backed values and ``observe``."""
     global _histogram_ok
+    if _multiprocess():
+        return child.observe
     if _histogram_ok is None:
         try:
-            _histogram_ok = _histogram_internals_work()
-        except Exception:  # any surprise in another library's internals: use the public API
+            _histogram_ok = _histograms_work()
+        except Exception:  # any surprise in another library's internals: the public API
             _histogram_ok = False
         if not _histogram_ok:
-            disable("prometheus-client", "a Histogram's _sum/_buckets/_upper_bounds")
+            disable("prometheus-client", "observing through a Histogram's _sum/_buckets/"
+                    "_upper_bounds did not export what observe() does")
     if not _histogram_ok:
-        return None
-    parts = _histogram_parts(child)
-    if parts is None:
-        disable("prometheus-client", "a Histogram child's _sum/_buckets/_upper_bounds")
-    return parts
+        return child.observe
+    from . import histograms
+
+    observe = histograms.observer(child)
+    if observe == child.observe:
+        disable("prometheus-client", "a Histogram child without _sum/_buckets/_upper_bounds")
+    return observe
 
 
 # --- Twisted -------------------------------------------------------------------------------
