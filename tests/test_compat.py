@@ -125,3 +125,13 @@ def test_an_unexpected_transport_turns_the_backlog_off_loudly(fresh_warnings, ca
         assert compat.twisted_pending_bytes(NotTwisted()) is None
     lines = [r.getMessage() for r in caplog.records if "Twisted" in r.getMessage()]
     assert len(lines) == 1 and "ws_send_backlog" in lines[0]
+
+
+def test_group_names_are_checked_the_way_channels_checks_them():
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    assert compat.require_valid_group_name(layer, "chat.room-1_a")
+    for bad in ("bad name", "x" * 100, "émoji"):
+        with pytest.raises(TypeError):
+            compat.require_valid_group_name(layer, bad)

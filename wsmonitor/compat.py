@@ -185,3 +185,12 @@ def twisted_pending_bytes(transport):
         disable("Twisted", f"transport.dataBuffer/offset/_tempDataLen: {exc}")
         return None
     return pending
+
+
+# --- channels ------------------------------------------------------------------------------
+
+def require_valid_group_name(layer, name):
+    """Raise TypeError for a group name channels refuses: ``require_valid_group_name`` from
+    channels 4.3, ``valid_group_name`` (which raises the same error, deprecated since) before."""
+    check = getattr(layer, "require_valid_group_name", None) or layer.valid_group_name
+    return check(name)
