@@ -94,9 +94,10 @@ def test_the_wheel_and_sdist_hold_everything_the_readme_uses(env):
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
     assert {"README.md", "LICENSE", "pyproject.toml",
             "wsmonitor/management/commands/wsmonitor_sessions.py"} <= members
-    log = env["env"]["WSM_BUILD_LOG"]
-    assert "is absent from the `packages` configuration" not in log
-    assert "SetuptoolsDeprecationWarning" not in log
+    # No build warning, except the one PYTHONDONTWRITEBYTECODE=1 (set on some machines) causes.
+    warnings = [line for line in env["env"]["WSM_BUILD_LOG"].splitlines()
+                if "warn" in line.lower() and "byte-compiling is disabled" not in line]
+    assert warnings == []
 
 
 def test_the_readme_quick_start_gives_a_first_metric(env, tmp_path):
