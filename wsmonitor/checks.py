@@ -192,10 +192,15 @@ def check_metrics_access(app_configs, **kwargs):
     return []
 
 
-@register(Tags.compatibility)
-def check_versions(app_configs, **kwargs):
-    """Installed libraries outside the versions wsmonitor is tested with."""
+def version_warnings():
+    """Installed libraries outside the versions wsmonitor is tested with (also logged at
+    start-up: servers never run system checks)."""
     from . import compat
 
     return [Warning(problem, hint="See the supported versions in docs/versions.md.",
                     id="wsmonitor.W004") for problem in compat.startup_problems()]
+
+
+@register(Tags.compatibility)
+def check_versions(app_configs, **kwargs):
+    return version_warnings()
