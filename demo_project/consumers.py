@@ -3,9 +3,40 @@
 import asyncio
 import re
 
+from prometheus_client import Counter
+
 from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer, InstrumentedAsyncWebsocketConsumer
 
 MAX_MESSAGE = 4096
+
+# The demo's own counter, not wsmonitor's ws_errors_total: that one counts exceptions in
+# application code (bugs, worth an alert), while a client sending something the protocol
+# does not allow is answered and handled as designed.
+REFUSED = Counter("demo_messages_refused_total",
+                  "Client messages the demo answered with an error, by consumer and reason.",
+                  ["consumer", "reason"])
+
+
+class JsonProtocol(InstrumentedAsyncJsonWebsocketConsumer):
+    """A JSON consumer that answers frames it cannot read with {"type": "error", "error": ...}
+    instead of raising (which daphne answers with 1011, closing the socket)."""
+
+    usage = "send JSON"
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if text_data is None:
+            await self.refuse("binary")
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            await self.refuse("not_json")
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def refuse(self, reason):
+        REFUSED.labels(type(self).__name__, reason).inc()
+        await self.send_json({"type": "error", "error": self.usage, "reason": reason})
 
 
 class EchoConsumer(InstrumentedAsyncWebsocketConsumer):
@@ -18,8 +49,10 @@ class EchoConsumer(InstrumentedAsyncWebsocketConsumer):
         await self.send(text_data=text_data, bytes_data=bytes_data)
 
 
-class ChatConsumer(InstrumentedAsyncJsonWebsocketConsumer):
+class ChatConsumer(JsonProtocol):
     """A room chat: every message goes to every member through the channel layer group."""
+
+    usage = f'send {{"message": "..."}} of at most {MAX_MESSAGE} characters'
 
     wsmonitor_heartbeat = True  # WSMONITOR["HEARTBEAT_INTERVAL"]; wsmonitor.js answers
 
@@ -36,7 +69,7 @@ class ChatConsumer(InstrumentedAsyncJsonWebsocketConsumer):
     async def receive_json(self, content, **kwargs):
         message = content.get("message") if isinstance(content, dict) else None
         if not isinstance(message, str) or len(message) > MAX_MESSAGE:
-            await self.send_json({"error": f"send {{\"message\": \"...\"}} of at most {MAX_MESSAGE} characters"})
+            await self.refuse("invalid")
             return
         await self.channel_layer.group_send(
             self.group, {"type": "chat.message", "message": message, "session_id": self.session_id}
@@ -50,7 +83,7 @@ WORDS = ("the answer streams in chunks so the first words arrive long before the
          "and every chunk is measured").split()
 
 
-class StreamConsumer(InstrumentedAsyncJsonWebsocketConsumer):
+class StreamConsumer(JsonProtocol):
     """A simulated streamed answer: send {"prompt": "...", "chunks": 20, "delay": 0.05, "size": 0}.
 
     Replies {"type": "chunk", "index": i, "text": "..."} per chunk (``size`` pads each to that
@@ -58,6 +91,7 @@ class StreamConsumer(InstrumentedAsyncJsonWebsocketConsumer):
     consumer keeps dispatching (heartbeat pongs included) while it streams.
     """
 
+    usage = 'send {"prompt": "...", "chunks": 20, "delay": 0.05, "size": 0}'
     wsmonitor_heartbeat = True
     wsmonitor_streams = ("answer",)
     answering = None
@@ -78,8 +112,8 @@ class StreamConsumer(InstrumentedAsyncJsonWebsocketConsumer):
             chunks = min(max(int(content.get("chunks", 20)), 1), 10000)
             delay = min(max(float(content.get("delay", 0.05)), 0.0), 2.0)
             size = min(max(int(content.get("size", 0)), 0), 65536)
-        except (AttributeError, TypeError, ValueError):
-            await self.send_json({"type": "error", "error": "send {\"prompt\": \"...\"}"})
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            await self.refuse("invalid")
             return
         self.answering = asyncio.create_task(self.answer(prompt, chunks, delay, size))
 

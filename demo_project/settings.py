@@ -82,6 +82,12 @@ WSMONITOR = {
     "HEARTBEAT_TIMEOUT": float(os.environ.get("WSMONITOR_HEARTBEAT_TIMEOUT", "30")),
 }
 
+# One time zone in every log line. wsmonitor stamps its events in UTC, while Django sets the
+# process's time zone to TIME_ZONE (America/Chicago unless set), which the log records'
+# asctime and daphne's access log ("[01/Jan/2025:06:00:00]") then follow.
+TIME_ZONE = "UTC"
+USE_TZ = True
+
 # Django's own records go through wsmonitor's structlog handler on the root
 # logger; drop Django's default console handler so they are not printed twice.
 LOGGING = {

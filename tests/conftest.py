@@ -317,3 +317,71 @@ def established_by_pid(port):
         for pid in set(re.findall(r"pid=(\d+)", line)):
             counts[int(pid)] = counts.get(int(pid), 0) + 1
     return counts
+
+
+# --- Markers: which tests need a real server, Redis or a browser --------------------------
+#
+# Tests are marked from what they use, so a new test is classified without anyone
+# remembering to: the fixtures it requests (directly or through other fixtures), and the
+# names and string constants in its body and in the module-level helpers it calls.
+# `pytest -m "not server and not redis and not browser"` is the fast suite the version
+# matrix runs (scripts/matrix.sh).
+
+import inspect  # noqa: E402
+import types  # noqa: E402
+
+_MARKS = {
+    "server": {
+        "fixtures": {"start_daphne", "live_daphne", "start_server"},
+        "names": {"Daphne", "DaphneServer", "Uvicorn", "GunicornUvicorn", "SERVERS", "Popen"},
+        "strings": {"promtool", "prometheus", "nginx", "daphne", "bench"},
+    },
+    "redis": {"fixtures": {"redis_url"}, "names": {"redis_available"}, "strings": set()},
+    "browser": {
+        "fixtures": {"browser", "page"},
+        "names": {"sync_playwright", "async_playwright"},
+        "strings": {"chromium", "playwright"},
+    },
+}
+
+
+def _code_words(function, module, seen):
+    """Global names and string constants used by ``function`` and by the module's own
+    functions it calls (transitively)."""
+    words = set()
+    code = getattr(function, "__code__", None)
+    stack = [code] if code is not None else []
+    while stack:
+        current = stack.pop()
+        words.update(current.co_names)
+        for const in current.co_consts:
+            if isinstance(const, types.CodeType):
+                stack.append(const)
+            elif isinstance(const, str) and len(const) < 40:
+                words.update(const.replace("/", " ").replace(".", " ").split())
+    for name in list(words):
+        target = getattr(module, name, None)
+        if (inspect.isfunction(target) and target.__module__ == module.__name__
+                and target not in seen):
+            seen.add(target)
+            words |= _code_words(target, module, seen)
+    return words
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        function = getattr(item, "function", None)
+        module = getattr(item, "module", None)
+        if function is None or module is None:
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        words = _code_words(inspect.unwrap(function), module, {function})
+        info = getattr(item, "_fixtureinfo", None)
+        for definitions in (info.name2fixturedefs.values() if info else ()):
+            for definition in definitions:
+                fixture = inspect.unwrap(definition.func)
+                words |= _code_words(fixture, inspect.getmodule(fixture) or module, {fixture})
+        for mark, rule in _MARKS.items():
+            if (fixtures & rule["fixtures"] or words & rule["names"]
+                    or words & rule["strings"]):
+                item.add_marker(getattr(pytest.mark, mark))

@@ -80,22 +80,26 @@ async def test_messages_over_daphnes_limit_drop_the_connection(server):
         before, "ws_messages_total", direction="in")
 
 
-@pytest.mark.parametrize("payload", ["not json", "[1, 2", ""])
-async def test_invalid_json_to_a_json_consumer_is_an_application_error(server, payload):
+@pytest.mark.parametrize("payload, reason", [
+    ("not json", "not_json"), ("[1, 2", "not_json"), ("", "binary"), ('{"text": 1}', "invalid"),
+])
+async def test_the_demo_chat_answers_unreadable_messages_and_stays_open(server, payload, reason):
     before = server.scrape()
     async with client(server, "/ws/chat/bad/") as ws:
-        if payload:
-            await ws.send(payload)
-        else:
-            await ws.send(b"\x00binary")  # a JSON consumer refuses binary frames
-        with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-    assert closed.value.rcvd.code == 1011
+        # A JSON consumer cannot read binary frames or broken JSON: the demo says so.
+        await ws.send(payload or b"\x00binary")
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert answer["type"] == "error" and answer["reason"] == reason
+        assert "message" in answer["error"]
+        await ws.send(json.dumps({"message": "still here"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["message"] == "still here"
     labels = {"consumer": "ChatConsumer"}
-    await eventually(lambda: server.scrape().value("ws_closes_total", code="1011", **labels)
-                     == before.value("ws_closes_total", code="1011", **labels) + 1)
-    assert server.scrape().value("ws_errors_total", stage="receive", **labels) == before.value(
-        "ws_errors_total", stage="receive", **labels) + 1
+    after = server.scrape()
+    assert after.value("demo_messages_refused_total", reason=reason, **labels) == before.value(
+        "demo_messages_refused_total", reason=reason, **labels) + 1
+    assert after.value("ws_errors_total", **labels) == before.value("ws_errors_total", **labels)
+    await eventually(lambda: server.scrape().value("ws_closes_total", code="1000", **labels)
+                     == before.value("ws_closes_total", code="1000", **labels) + 1)
 
 
 async def test_series_stay_bounded_whatever_clients_send(server):

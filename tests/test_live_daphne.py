@@ -47,19 +47,19 @@ async def test_abrupt_drop_counts_1006_and_the_gauge_matches_the_kernel(live_dap
     await eventually(lambda: established(server.port) == 0, message="sockets gone")
 
 
-async def test_server_exception_is_1011_to_the_client_and_counted(live_daphne):
-    server = live_daphne
-    async with client(server, "/ws/chat/room/") as ws:
-        await ws.send("not json")  # the JSON consumer's decode raises
+async def test_server_exception_is_1011_to_the_client_and_counted(start_daphne):
+    server = start_daphne(app="tests.live_app:application")
+    async with client(server, "/ws/raises/") as ws:
+        await ws.send("anything")  # the handler raises
         try:
             await asyncio.wait_for(ws.recv(), 5)
         except ConnectionClosed as closed:
             assert closed.rcvd.code == 1011
-    await eventually(lambda: server.scrape().value(
-        "ws_closes_total", consumer="ChatConsumer", code="1011") == 1)
+    labels = {"consumer": "RaisesEveryMessage"}
+    await eventually(lambda: server.scrape().value("ws_closes_total", code="1011", **labels) == 1)
     snapshot = server.scrape()
-    assert snapshot.value("ws_errors_total", consumer="ChatConsumer", stage="receive") == 1
-    assert snapshot.value("ws_connections_active", consumer="ChatConsumer") == 0
+    assert snapshot.value("ws_errors_total", stage="receive", **labels) == 1
+    assert snapshot.value("ws_connections_active", **labels) == 0
 
 
 async def test_chat_room_through_the_in_memory_layer(live_daphne):

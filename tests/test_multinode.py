@@ -178,7 +178,7 @@ async def test_registry_lists_both_nodes_and_closes_one_session_by_id(
                                 "both sessions registered")
         out = await asyncio.to_thread(manage, "wsmonitor_sessions", "list", "--json", env=env)
         assert out.returncode == 0, out.stderr
-        sessions = [s for s in map(json.loads, out.stdout.splitlines()) if s["node"] in names]
+        sessions = [s for s in json.loads(out.stdout)["sessions"] if s["node"] in names]
         by_node = {s["node"]: s for s in sessions}
         assert by_node[names[0]]["session_id"] == alice_id
         assert {s["consumer"] for s in sessions} == {CHAT}

@@ -95,7 +95,9 @@ async def counted_close(server, before, label, consumer="EchoConsumer"):
 @pytest.fixture(scope="module", params=KINDS)
 def server(request, tmp_path_factory):
     """One server of each kind, shared by the tests that compare before/after values."""
-    started = SERVERS[request.param](tmp_path_factory.mktemp(request.param), name=request.param)
+    # The demo plus a consumer that raises on purpose (tests/live_app.py).
+    started = SERVERS[request.param](tmp_path_factory.mktemp(request.param), name=request.param,
+                                     app="tests.live_app:application")
     yield started
     started.stop()
 
@@ -151,13 +153,13 @@ async def test_gauge_follows_the_kernel_count(server):
 
 async def test_application_exception(server):
     before = await settled(server)
-    async with client(server, "/ws/chat/crash/") as ws:
-        await ws.send("not json")  # the JSON consumer's decode raises in receive
+    async with client(server, "/ws/raises/") as ws:
+        await ws.send("anything")  # the handler raises
         closed = await closed_by_server(ws)
     client_sees, counted = CRASH[server.kind]
     assert rcvd_code(closed) == client_sees
-    after = await counted_close(server, before, counted, consumer="ChatConsumer")
-    labels = {"consumer": "ChatConsumer", "stage": "receive"}
+    after = await counted_close(server, before, counted, consumer="RaisesEveryMessage")
+    labels = {"consumer": "RaisesEveryMessage", "stage": "receive"}
     assert after.value("ws_errors_total", **labels) - before.value("ws_errors_total", **labels) == 1
     await settled(server)
 

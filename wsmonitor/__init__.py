@@ -1,6 +1,6 @@
 """wsmonitor: observability for Django Channels WebSocket servers."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "InstrumentedAsyncWebsocketConsumer", "InstrumentedAsyncJsonWebsocketConsumer",
     "InstrumentedWebsocketConsumer", "InstrumentedJsonWebsocketConsumer", "WSMonitorMiddleware",

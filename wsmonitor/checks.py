@@ -58,11 +58,13 @@ def check_features(app_configs, **kwargs):
 
 @register(Tags.compatibility)
 def check_prometheus_export(app_configs, **kwargs):
-    if "django_prometheus" not in settings.INSTALLED_APPS:
+    """Something must serve /metrics: wsmonitor's view, or another export of the registry."""
+    if _metrics_view() is None:
         return [Warning(
-            '"django_prometheus" is not in INSTALLED_APPS, so nothing serves /metrics.',
-            hint='Add "django_prometheus" to INSTALLED_APPS and '
-                 'path("", include("django_prometheus.urls")) to your URLconf.',
+            "Nothing serves /metrics, so Prometheus cannot read wsmonitor's metrics.",
+            hint='Add path("", include("wsmonitor.urls")) to your URLconf (django-prometheus '
+                 "is not needed: wsmonitor's view serves the same registry, with access rules "
+                 "and the OpenMetrics format).",
             id="wsmonitor.W001")]
     return []
 
@@ -90,3 +92,62 @@ def check_multiprocess_export(app_configs, **kwargs):
             hint='Replace include("django_prometheus.urls") with include("wsmonitor.urls").',
             id="wsmonitor.W002")]
     return []
+
+
+# --- Where /metrics is served, who may read it, and the versions of other libraries -------
+
+def _metrics_view():
+    """The view that serves /metrics in the root URLconf, or None."""
+    from django.urls import Resolver404, resolve
+
+    try:
+        return resolve("/metrics").func
+    except Resolver404:
+        return None
+    except Exception:  # a URLconf error: Django's own checks report it
+        return False
+
+
+@register(Tags.security, deploy=True)
+def check_metrics_access(app_configs, **kwargs):
+    """With DEBUG off, wsmonitor's /metrics should not answer everyone."""
+    from .conf import get_config
+    from .views import metrics
+
+    if settings.DEBUG:
+        return []
+    view = _metrics_view()
+    if not view:
+        return []
+    if view is not metrics:
+        return [Warning(
+            f"/metrics is served by {view.__module__}.{view.__qualname__}, which applies no "
+            "access rule: anyone who can reach the server reads it.",
+            hint='Serve it with path("", include("wsmonitor.urls")) and set '
+                 'WSMONITOR["METRICS_ALLOWED_NETWORKS"] and/or WSMONITOR["METRICS_TOKEN"], '
+                 "or keep it off public networks.",
+            id="wsmonitor.W003")]
+    config = get_config()
+    if config["METRICS_ALLOWED_NETWORKS"] is None and config["METRICS_TOKEN"] is None:
+        return [Warning(
+            "/metrics answers every client: connection counts, consumer names and error "
+            "rates are readable by anyone who can reach the server.",
+            hint='Set WSMONITOR["METRICS_ALLOWED_NETWORKS"] (e.g. ["10.0.0.0/8"], your '
+                 'Prometheus servers) and/or WSMONITOR["METRICS_TOKEN"] (sent by Prometheus '
+                 "as a bearer token).",
+            id="wsmonitor.W003")]
+    return []
+
+
+def version_warnings():
+    """Installed libraries outside the versions wsmonitor is tested with (also logged at
+    start-up: servers never run system checks)."""
+    from . import compat
+
+    return [Warning(problem, hint="See the supported versions in docs/versions.md.",
+                    id="wsmonitor.W004") for problem in compat.startup_problems()]
+
+
+@register(Tags.compatibility)
+def check_versions(app_configs, **kwargs):
+    return version_warnings()

@@ -1,5 +1,5 @@
-"""HTTP views: /metrics (django-prometheus's export behind wsmonitor's access settings,
-multiprocess-aware) and the staff-only session list."""
+"""HTTP views: /metrics (prometheus_client's registry behind wsmonitor's access settings, in
+the format the scraper asks for, multiprocess-aware) and the staff-only session list."""
 
 import hmac
 import ipaddress

@@ -16,7 +16,8 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         listing = sub.add_parser("list", help="List open sessions, oldest first.")
         listing.add_argument("--node", help="Only this node's sessions.")
-        listing.add_argument("--json", action="store_true", help="One JSON object per line.")
+        listing.add_argument("--json", action="store_true",
+                             help='One JSON document: {"sessions": [...], "count": N}.')
         close = sub.add_parser("close", help="Close one session with a close code.")
         close.add_argument("session_id")
         close.add_argument("--code", type=int, default=1000,
@@ -36,8 +37,7 @@ class Command(BaseCommand):
         now = time.time()
         sessions = [s for s in registry.list_sessions() if node is None or s["node"] == node]
         if as_json:
-            for session in sessions:
-                self.stdout.write(json.dumps(session))
+            self.stdout.write(json.dumps({"sessions": sessions, "count": len(sessions)}))
             return
         rows = [("SESSION", "NODE", "PID", "CONSUMER", "PATH", "OPENED (UTC)", "AGE")]
         for s in sessions:

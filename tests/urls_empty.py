@@ -1,0 +1,3 @@
+"""A URLconf that serves nothing, for the system checks' tests."""
+
+urlpatterns = []
