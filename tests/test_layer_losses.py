@@ -8,6 +8,7 @@ from wsmonitor import layers
 from wsmonitor.testing import MetricsSnapshot, assert_metric_diff
 
 DROPPED = "ws_layer_messages_dropped_total"
+LAPSED = "ws_layer_memberships_lapsed_total"
 
 
 def redis_layer(redis_url, prefix, **kwargs):
@@ -63,6 +64,8 @@ async def test_in_memory_group_expiry_counts_each_missed_delivery():
     got = {c: len(await receive_all(layer, c, 0.1)) for c in (old, young)}
     assert got[young] == 4 and got[old] == 0
     assert_metric_diff(before, DROPPED, 4, kind="group_send", reason="group_expiry")
+    assert_metric_diff(before, DROPPED, 4, reason="group_expiry")  # the lapse itself is no loss
+    assert_metric_diff(before, LAPSED, 1)
     await layer.group_discard("room", old)  # it left: nothing more is lost
     await layer.group_send("room", {"type": "m"})
     assert_metric_diff(before, DROPPED, 4, kind="group_send", reason="group_expiry")
@@ -117,9 +120,34 @@ async def test_redis_group_expiry_is_seen_from_the_members_side(redis_url):
         got = await reader
         assert [m["n"] for m in got] == [0]
         assert_metric_diff(before, DROPPED, 3, kind="group_send", reason="group_expiry")
+        assert_metric_diff(before, DROPPED, 3, reason="group_expiry")  # the lapse itself is no loss
+        assert_metric_diff(before, LAPSED, 1)
         await member_node.group_discard("room", channel)
         await sender.group_send("room", {"type": "m"})
         assert_metric_diff(before, DROPPED, 3, kind="group_send", reason="group_expiry")
+    finally:
+        await member_node.flush()
+        await sender.flush()
+
+
+async def test_redis_rejoining_after_a_lapse_ends_the_count(redis_url):
+    """group_add again (the fix for long-lived members) makes a lapsed member live again."""
+    prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
+    member_node, sender = (redis_layer(redis_url, prefix, group_expiry=1) for _ in range(2))
+    channel = await member_node.new_channel()
+    reader = asyncio.ensure_future(receive_all(member_node, channel, 4.0))
+    try:
+        await member_node.group_add("room", channel)
+        started = time.time()
+        await asyncio.sleep(max(0, started + 2.3 - time.time()))  # lapsed and marked
+        before = MetricsSnapshot.collect()
+        await sender.group_send("room", {"type": "m", "n": 0})  # missed
+        await member_node.group_add("room", channel)
+        for n in range(1, 3):
+            await sender.group_send("room", {"type": "m", "n": n})
+        got = await reader
+        assert [m["n"] for m in got] == [1, 2]
+        assert_metric_diff(before, DROPPED, 1, reason="group_expiry")
     finally:
         await member_node.flush()
         await sender.flush()

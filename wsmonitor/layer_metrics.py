@@ -55,6 +55,14 @@ LAYER_STALE = Counter(
     ("node",),
 )
 
+LAYER_LAPSED = Counter(
+    "ws_layer_memberships_lapsed",
+    "Group memberships of live readers in this process that outlived the layer's group_expiry "
+    "(the layer no longer delivers to them; each group_send they then miss is a lost delivery, "
+    "counted by the sender in ws_layer_messages_dropped_total{reason=\"group_expiry\"}).",
+    ("node",),
+)
+
 LAYER_KINDS = ("send", "group_send")
 LAYER_OUTCOMES = ("ok", "full", "error")
 LAYER_DROPS = (("send", "full"), ("group_send", "full"), ("receive", "full"),
@@ -89,6 +97,7 @@ class LayerMetrics:
         self.seconds = {kind: LAYER_SEND_SECONDS.labels(node, kind) for kind in LAYER_KINDS}
         self.group_size = LAYER_GROUP_SIZE.labels(node)
         self.stale = LAYER_STALE.labels(node)
+        self.lapsed = LAYER_LAPSED.labels(node)
         for kind, reason in LAYER_DROPS:  # start at 0, so rate() sees the first loss
             LAYER_DROPPED.labels(node, kind, reason)
 
@@ -142,6 +151,8 @@ def lost(kind, reason, count, target, session_id=None, event="ws_layer_loss"):
     if m is not None:
         if event == "ws_layer_stale":
             m.stale.inc(count)
+        elif event == "ws_layer_membership_lapsed":  # a warning of losses, not one itself
+            m.lapsed.inc(count)
         else:
             m.dropped(kind, reason, count)
     if not config()["LOGS"]:

@@ -128,6 +128,7 @@ class _Members:
         if self._wsm_local(channel):
             self._wsm_joined.setdefault(channel, {})[group] = time.time()
             self._wsm_gone.pop(channel, None)
+            await self._wsm_left(group, channel)  # a lapsed membership is live again
             self._wsm_rejoined(group, channel)
 
     async def group_discard(self, group, channel):
@@ -238,6 +239,9 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
     def _wsm_lapse(self, group, channel, reason):
         if group in self._wsm_joined.get(channel, ()):
             self._wsm_lapsed.setdefault(group, {})[channel] = reason
+            if reason == "group_expiry":
+                _lm.lost("group_add", reason, 1, group, _sessions.get(channel),
+                         event="ws_layer_membership_lapsed")
 
     def _wsm_rejoined(self, group, channel):
         lapsed = self._wsm_lapsed.get(group)

@@ -275,15 +275,21 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
         first = not isinstance(self._wsm_timers.get((group, channel)), _Renewal)
         self._wsm_timers[group, channel] = _Renewal(loop.call_later(
             LAPSE_TTL / 2, self._wsm_lapse, group, channel))
-        if first:
-            _lm.lost("group_add", "group_expiry", 1, group, _sessions.get(channel),
-                     event="ws_layer_membership_lapsed")
         connection = self.connection(self.consistent_hash(group))
         key = self._wsm_lapsed_key(group)
+        session = _sessions.get(channel)
 
         async def mark():
-            await connection.hset(key, channel, time.time() + LAPSE_TTL)
-            await connection.expire(key, LAPSE_TTL)
+            try:
+                await connection.hset(key, channel, time.time() + LAPSE_TTL)
+                await connection.expire(key, LAPSE_TTL)
+            except Exception as exc:  # the next renewal tries again
+                log.warning("could not mark the lapsed membership of %s in %s: %s",
+                            channel, group, exc)
+                return
+            if first:  # counted once senders can see the mark
+                _lm.lost("group_add", "group_expiry", 1, group, session,
+                         event="ws_layer_membership_lapsed")
 
         asyncio.ensure_future(mark())
 
