@@ -151,3 +151,26 @@ async def test_redis_rejoining_after_a_lapse_ends_the_count(redis_url):
     finally:
         await member_node.flush()
         await sender.flush()
+
+
+async def test_redis_key_deleted_whole_by_expire_is_the_documented_gap(redis_url):
+    """No send reaches a stalled process's key for `expiry` seconds: Redis deletes the key
+    itself, where no wsmonitor code runs. Lost, and not counted (docs/channel-layers.md)."""
+    prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
+    node_a, node_b = (redis_layer(redis_url, prefix, expiry=1) for _ in range(2))
+    channel = await node_a.new_channel()
+    try:
+        before = MetricsSnapshot.collect()
+        for n in range(3):
+            await node_b.send(channel, {"type": "m", "n": n})
+        connection = node_b.connection(node_b.consistent_hash(channel))
+        key = node_b.prefix + node_b.non_local_name(channel)
+        deadline = time.monotonic() + 5
+        while await connection.exists(key):  # Redis expires the key after 1 s
+            assert time.monotonic() < deadline, "the key did not expire"
+            await asyncio.sleep(0.1)
+        assert await receive_all(node_a, channel) == []
+        assert_metric_diff(before, DROPPED, 0, reason="expired")  # 3 lost, 0 counted
+    finally:
+        await node_a.flush()
+        await node_b.flush()
