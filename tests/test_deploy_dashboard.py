@@ -35,6 +35,7 @@ def wsmonitor_families():
     wsmonitor's multiprocess ``/metrics`` view registers (in its per-scrape registry).
     """
     import wsmonitor.layer_metrics  # noqa: F401
+    import wsmonitor.server_kills  # noqa: F401
     import wsmonitor.metrics  # noqa: F401  (registers the instruments)
     from prometheus_client import REGISTRY
     from wsmonitor.multiprocess import ProcessFdsCollector
