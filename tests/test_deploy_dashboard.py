@@ -36,6 +36,7 @@ def wsmonitor_families():
     """
     import wsmonitor.layer_metrics  # noqa: F401
     import wsmonitor.server_kills  # noqa: F401
+    import wsmonitor.streaming  # noqa: F401
     import wsmonitor.metrics  # noqa: F401  (registers the instruments)
     from prometheus_client import REGISTRY
     from wsmonitor.multiprocess import ProcessFdsCollector
