@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness: ``python -m bench --quick`` end to end, in under 40 s."""
+"""Smoke test of the benchmark harness: ``python -m bench --quick`` end to end, in under a minute."""
 
 import json
 import os
@@ -16,11 +16,11 @@ def test_quick_run_reports_every_available_variant(tmp_path):
     started = time.monotonic()
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
     )
     elapsed = time.monotonic() - started
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert elapsed < 40, f"quick run took {elapsed:.1f} s"
+    assert elapsed < 55, f"quick run took {elapsed:.1f} s"
 
     results = json.loads(out.read_text())
     available = {name for name, v in results["variants"].items() if v["available"]}
@@ -30,7 +30,7 @@ def test_quick_run_reports_every_available_variant(tmp_path):
 
     (only_round,) = results["rounds"]
     echo, summary = results["summary"]["echo"], results["summary"]
-    for name in available - {"layer-plain", "layer-instrumented"}:
+    for name in available - {"layer-plain", "layer-instrumented", "mixed"}:
         row = only_round["echo"][name]
         assert row["msgs_per_s"] > 0 and row["messages"] == 5 * 20 and row["mismatches"] == 0, (name, row)
         assert echo[name]["ratio"]["median"] > 0, name
@@ -48,3 +48,7 @@ def test_quick_run_reports_every_available_variant(tmp_path):
         assert scrape["at_0"]["ws_connections_active"] == 0
         assert scrape["at_many"]["ws_connections_active"] == results["config"]["idle"]
     assert {t["variant"] for t in results["targets"]} >= {"metrics", "tracing", "layer-instrumented"}
+    if "mixed" in available:  # one daphne, both consumers, each loaded in turn
+        for kind, row in only_round["mixed"].items():
+            assert row["messages"] == 5 * 20 and row["mismatches"] == 0, (kind, row)
+        assert summary["mixed"]["metrics"]["capacity_ratio"]["median"] > 0

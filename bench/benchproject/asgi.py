@@ -12,24 +12,28 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from bench import variants  # noqa: E402
 from bench.benchproject import consumers  # noqa: E402
 
 VARIANT = settings.VARIANT
 
-if VARIANT in ("tracing", "otel-asgi"):
+if VARIANT in ("tracing", "tracing-10", "otel-asgi"):
     # Imported here: the plain and metrics variants must run without the OpenTelemetry SDK installed.
     from bench.benchproject.tracing import install_discarding_tracer_provider
 
-    install_discarding_tracer_provider()
+    install_discarding_tracer_provider(0.1 if VARIANT == "tracing-10" else None)
 
-if VARIANT in ("metrics", "tracing"):
+routes = []
+if VARIANT in ("metrics", "tracing", "tracing-10", variants.MIXED_VARIANT):
     consumer = consumers.instrumented_echo()
 elif VARIANT in ("layer-plain", "layer-instrumented"):
     consumer = consumers.instrumented_fanout() if settings.FANOUT_INSTRUMENTED_CONSUMER else consumers.PlainFanout
 else:
     consumer = consumers.PlainEcho
 
-websocket_app = URLRouter([path("ws/echo/", consumer.as_asgi())])
+if VARIANT == variants.MIXED_VARIANT:
+    routes.append(path(variants.MIXED_PATHS["plain"].strip("/") + "/", consumers.PlainEcho.as_asgi()))
+websocket_app = URLRouter([path("ws/echo/", consumer.as_asgi()), *routes])
 
 if VARIANT == "otel-asgi":
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

@@ -22,7 +22,8 @@ DATABASES = {}
 # layer instrumentation is complete (the consumer reads its envelope and observes delivery time) and
 # only the layer differs between layer-plain and layer-instrumented; channels' consumer otherwise.
 FANOUT_INSTRUMENTED_CONSUMER = importlib.util.find_spec("wsmonitor") is not None
-USES_WSMONITOR = VARIANT in ("metrics", "tracing") or (
+TRACED = VARIANT in ("tracing", "tracing-10")
+USES_WSMONITOR = VARIANT in ("metrics", "tracing", "tracing-10", variants.MIXED_VARIANT) or (
     VARIANT in variants.FANOUT_VARIANTS and FANOUT_INSTRUMENTED_CONSUMER
 )
 
@@ -40,14 +41,15 @@ WSMONITOR = {
     "NODE": "bench",
     "METRICS": True,
     "LOGS": True,
-    "TRACING": VARIANT == "tracing",
+    "TRACING": TRACED,
     "LOG_FORMAT": "json",
 }
-if VARIANT == "tracing":
+if TRACED:
     # Connection spans and one span per received message (TRACE_MODEL "message", the default: each
-    # message its own trace, linked to the connection span); every span sampled (ALWAYS_ON in
-    # tracing.py). `python -m bench.probe tracing` reports the variant unavailable while the
-    # installed wsmonitor lacks wsmonitor.tracing or its checks reject these keys.
+    # message its own trace, linked to the connection span); sampled by the sampler tracing.py
+    # installs (every span, or one trace in ten for tracing-10). `python -m bench.probe tracing`
+    # reports the variant unavailable while the installed wsmonitor lacks wsmonitor.tracing or its
+    # checks reject these keys.
     WSMONITOR.update({"MESSAGE_SPANS": True, "TRACE_MODEL": "message"})
 
 LOGGING = {

@@ -6,7 +6,7 @@ import sys
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 
 class DiscardingExporter(SpanExporter):
@@ -24,9 +24,11 @@ class DiscardingExporter(SpanExporter):
         print(f"bench: discarding exporter (pid {os.getpid()}) dropped {self.exported} spans", file=sys.stderr, flush=True)
 
 
-def install_discarding_tracer_provider():
-    """Set the global tracer provider: always sampled, batched, discarded."""
-    provider = TracerProvider(sampler=ALWAYS_ON)
+def install_discarding_tracer_provider(ratio=None):
+    """Set the global tracer provider: sampled (always, or ``parentbased_traceidratio``), batched,
+    discarded."""
+    sampler = ALWAYS_ON if ratio is None else ParentBased(TraceIdRatioBased(ratio))
+    provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(DiscardingExporter()))
     trace.set_tracer_provider(provider)
     return provider
