@@ -61,6 +61,11 @@ if REDIS_URL:
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None,
                               "max_connections": 1000}]},
     }}
+    if os.environ.get("DEMO_CHANNEL_LAYER") != "pubsub":
+        # 40 prefix bytes carry the sender's trace context to the handler on another
+        # node (12, the default, carries the send time only). Every process sharing
+        # this Redis prefix must use the same length.
+        CHANNEL_LAYERS["default"]["CONFIG"]["random_prefix_length"] = 40
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "wsmonitor.layers.InMemoryChannelLayer"}}
 
