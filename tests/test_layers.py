@@ -165,6 +165,7 @@ class Room(InstrumentedAsyncJsonWebsocketConsumer):
 @override_settings(CHANNEL_LAYERS=IN_MEMORY)
 async def test_delivery_is_observed_and_the_envelope_removed():
     before = MetricsSnapshot.collect()
+    known = set(layers._sessions)
     communicator = WebsocketCommunicator(Room.as_asgi(), "/ws/room/")
     assert (await communicator.connect(timeout=3))[0]
     # A sender outside any consumer, as a view or a Celery task would be.
@@ -174,6 +175,7 @@ async def test_delivery_is_observed_and_the_envelope_removed():
     assert_metric_diff(before, "ws_layer_delivery_seconds_count", 1, consumer="Room")
     assert_metric_diff(before, "ws_layer_group_size_sum", 1)
     assert_metric_diff(before, "ws_layer_sends_total", 1, kind="group_send", outcome="ok")
+    assert set(layers._sessions) == known  # the closed connection's channel is forgotten
 
 
 @override_settings(CHANNEL_LAYERS={**IN_MEMORY, "broken": {

@@ -7,7 +7,8 @@ class WSMonitorConfig(AppConfig):
 
     def ready(self):
         # The built-in features plug themselves into the lifecycle on import.
-        from . import checks, heartbeat, metrics, reconnect, registry, saturation  # noqa: F401
+        from . import (checks, heartbeat, metrics, reconnect, registry,  # noqa: F401
+                       saturation, server_kills)
         from .conf import get_config
         from .logging import configure, logger
 

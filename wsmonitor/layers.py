@@ -13,6 +13,7 @@ from channels import layers as _channels_layers
 from channels.exceptions import ChannelFull
 
 from . import envelope as _envelope
+from . import features as _features
 from . import layer_metrics as _lm
 from .logging import logger
 
@@ -22,6 +23,19 @@ ENVELOPE_KEY = "_wsmonitor"
 __all__ = ["InMemoryChannelLayer", "RedisChannelLayer", "RedisPubSubChannelLayer", "received"]
 
 _sessions = {}  # channel name -> session ID of the wsmonitor consumer reading it
+
+
+class _ForgetSessions(_features.Feature):
+    """A closed connection's channel leaves ``_sessions`` (its reader's end may not be seen)."""
+
+    name = "layer_sessions"
+
+    def closed(self, conn):
+        if conn.channel_name is not None:
+            _sessions.pop(conn.channel_name, None)
+
+
+_features.register(_ForgetSessions())
 
 
 def received(message, conn):
