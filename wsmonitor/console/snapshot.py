@@ -434,3 +434,6 @@ def install():
     features.register(ConsoleFeature())
     _feature_registered = True
     return True
+
+
+install()  # like the built-in features: plugged in when wsmonitor's AppConfig imports it
