@@ -241,10 +241,13 @@ def fake_process(client, name, sessions, published_at=None, points=()):
         "multiprocess": False}), ex=60)
     if sessions:
         pipe = client.pipeline(transaction=False)
-        items = list(sessions.items())
+        items = [(json.loads(v)["session_id"], v) for v in sessions.values()]
         for start in range(0, len(items), 2000):
             pipe.hset(snapshot.SESSIONS_KEY + process, mapping=dict(items[start:start + 2000]))
         pipe.execute()
+    index = [[e["session_id"], e["opened_at"], e["consumer"], e["path"], e["user"]]
+             for e in map(json.loads, sessions.values())]
+    client.set(snapshot.INDEX_KEY + process, json.dumps(index), ex=60)
     for point in points:
         client.rpush(snapshot.SERIES_KEY + process, json.dumps(point))
     return process

@@ -106,9 +106,9 @@ def code_mix(points):
     return sorted(mix, key=lambda m: -m["count"])
 
 
-def fleet_row(document, points, now, history):
-    """Everything the fleet table shows for one process."""
-    t0, t1 = now - history, now
+def fleet_row(document, points, now, t0):
+    """Everything the fleet table shows for one process; every row's x axis spans [t0, now]."""
+    t1 = now
     charts = [
         chart("active", {"active": gauge(points, "active")}, t0, t1, digits=0),
         chart("connects/min", {"connects": rates(points, "connects", 60)}, t0, t1),

@@ -5,8 +5,10 @@ import time
 
 from ..conf import get_config
 from .snapshot import (
-    CLOSED_KEY, PROCESS_KEY, SERIES_KEY, SESSIONS_KEY, get_publisher, timing,
+    CLOSED_KEY, INDEX_KEY, PROCESS_KEY, SERIES_KEY, SESSIONS_KEY, get_publisher, timing,
 )
+
+INDEX_FIELDS = ("session_id", "opened_at", "consumer", "path", "user")
 
 #: Filters the sessions list accepts (query parameters).
 FILTERS = ("consumer", "node", "path", "user", "session")
@@ -45,12 +47,24 @@ class RedisSource:
         return {doc["process"]: [json.loads(p) for p in points]
                 for doc, points in zip(processes, pipe.execute(), strict=True)}
 
-    def sessions(self):
-        keys = self._keys(SESSIONS_KEY)
+    def index(self):
+        """``[{session_id, opened_at, consumer, path, user, node, process}]`` of every session."""
+        documents = {d["process"]: d for d in self.processes()}
+        keys = [INDEX_KEY + process for process in documents]
+        rows = []
+        for process, raw in zip(documents, self.client.mget(keys) if keys else [], strict=True):
+            if raw:
+                node = documents[process]["node"]
+                rows.extend({**dict(zip(INDEX_FIELDS, row, strict=True)), "node": node,
+                             "process": process} for row in json.loads(raw))
+        return rows
+
+    def entries(self, rows):
+        """The full entries of index rows (those still open)."""
         pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hvals(key)
-        return [json.loads(value) for values in pipe.execute() for value in values]
+        for row in rows:
+            pipe.hget(SESSIONS_KEY + row["process"], row["session_id"])
+        return [json.loads(value) for value in pipe.execute() if value is not None]
 
     def session(self, session_id):
         keys = self._keys(SESSIONS_KEY)
@@ -95,6 +109,12 @@ class LocalSource:
 
     def sessions(self):
         return list(self._sessions.values())
+
+    def index(self):
+        return self.sessions()
+
+    def entries(self, rows):
+        return [self._sessions[r["session_id"]] for r in rows if r["session_id"] in self._sessions]
 
     def session(self, session_id):
         return self._sessions.get(session_id)

@@ -126,10 +126,12 @@ def _page(request, name="page"):
 def _fleet(src, config, now):
     documents = sorted(src.processes(), key=lambda d: (d["node"], d["pid"]))
     series = src.series(documents)
+    # One time axis for every row, from the oldest point kept (at most CONSOLE_HISTORY ago).
+    oldest = min((points[0]["t"] for points in series.values() if points), default=now)
+    t0 = max(now - config["CONSOLE_HISTORY"], min(oldest, now - 60))
     rows = []
     for document in documents:
-        row = charts.fleet_row(document, series.get(document["process"], []), now,
-                               config["CONSOLE_HISTORY"])
+        row = charts.fleet_row(document, series.get(document["process"], []), now, t0)
         row["age"], row["state"] = freshness(document, now, config)
         row["age_text"] = f"{row['age']:.0f}s"
         rows.append(row)
@@ -150,12 +152,12 @@ def _scope_note(src, documents):
 def _sessions_page(src, request, now, me, closer, html=True):
     config = get_config()
     filters = _filters(request)
-    everything = src.sessions()
+    everything = src.index()
     matching = filter_sessions(everything, filters)
     size = config["CONSOLE_PAGE_SIZE"]
     pages = max(1, math.ceil(len(matching) / size))
     page = min(_page(request), pages)
-    chosen = matching[(page - 1) * size:page * size]
+    chosen = src.entries(matching[(page - 1) * size:page * size])
     if html:
         shown = [_display(s, now, me, closer) for s in chosen]
     else:  # JSON: the strings exactly as the client sent them (JSON escapes them)

@@ -3,7 +3,8 @@
  * says so, and is retried; nothing here builds HTML from data. */
 (function () {
   "use strict";
-  var interval = Math.max(1, parseFloat(document.body.dataset.interval) || 5) * 1000;
+  // At most one refresh every 2 s: each one reads every session of every node.
+  var interval = Math.max(2, parseFloat(document.body.dataset.interval) || 5) * 1000;
   var badge = document.getElementById("live");
   var parts = Array.prototype.slice.call(document.querySelectorAll("[data-part]"));
   if (!parts.length) return;
@@ -17,7 +18,7 @@
 
   function status(ok, text) {
     badge.textContent = text;
-    badge.className = ok ? "live" : "live paused";
+    badge.className = ok ? "" : "paused";
   }
 
   function fetchPart(section) {
