@@ -342,3 +342,25 @@ def test_filters():
         ["abd", "abc"]
     assert store.filter_sessions(sessions, {"user": "alice"})[0]["consumer"] == "A"
     assert store.filter_sessions(sessions, {"path": "/y/", "node": "n1"}) == []
+
+
+# --- System checks ----------------------------------------------------------------------------
+
+def test_console_checks(console):
+    from wsmonitor.checks import check_console
+
+    console.INSTALLED_APPS = [*console.INSTALLED_APPS, "django.contrib.sessions",
+                              "django.contrib.staticfiles"]
+    console.LOGIN_URL = "/console/"  # any page that resolves
+    assert check_console(None) == []
+    console.LOGIN_URL = "/nowhere/"
+    assert [w.id for w in check_console(None)] == ["wsmonitor.W103"]
+    console.LOGIN_URL = "https://sso.example.com/login"  # elsewhere: not ours to resolve
+    console.MIDDLEWARE = []
+    console.INSTALLED_APPS = [a for a in console.INSTALLED_APPS if a != "django.contrib.sessions"]
+    warnings = check_console(None)
+    assert [w.id for w in warnings] == ["wsmonitor.W101", "wsmonitor.W102"]
+    assert "django.contrib.sessions" in warnings[0].msg
+    assert "AuthenticationMiddleware" in warnings[1].msg
+    console.ROOT_URLCONF = "wsmonitor.urls"  # no console: nothing to say
+    assert check_console(None) == []
