@@ -225,6 +225,7 @@ async def test_ten_thousand_sessions_and_a_screenshot(browser, nodes, redis_url)
             users = await page.locator("#sessions tbody tr[data-session] td").nth(5).all_text_contents()
             assert users == ["boss"]
             if os.environ.get("WSM_CONSOLE_SCREENSHOT"):  # docs/console.png
+                await some_traffic(node_a, node_b)
                 await page.goto(node_a.http_url("/wsmonitor/console/"))
                 await page.wait_for_timeout(3000)
                 await page.screenshot(path=os.environ["WSM_CONSOLE_SCREENSHOT"])
@@ -232,6 +233,46 @@ async def test_ten_thousand_sessions_and_a_screenshot(browser, nodes, redis_url)
     finally:
         forget(client, processes)
         client.close()
+
+
+async def some_traffic(node_a, node_b, seconds=40):
+    """Chat, echo and a few closes of each kind, so the screenshot's charts have a shape."""
+    async def drain(ws):
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
+
+    async def open_one(i):
+        server = (node_a, node_b)[i % 2]
+        ws = await connect(server.ws_url("/ws/chat/lobby/" if i % 3 else "/ws/echo/"),
+                           open_timeout=5).__aenter__()
+        readers.append(asyncio.create_task(drain(ws)))
+        return ws
+
+    readers = []
+    clients = [await open_one(i) for i in range(12)]
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        ws = clients[n % len(clients)]
+        try:
+            await ws.send(json.dumps({"message": f"message {n}"}) if n % 3 else f"echo {n}")
+        except ConnectionClosed:
+            pass
+        if n % 40 == 0:
+            await clients.pop(0).close(code=(1000, 1001, 4000)[n % 3])
+            clients.append(await open_one(n))
+        if n % 110 == 0:
+            clients.pop().transport.abort()  # 1006
+            clients.append(await open_one(n))
+        await asyncio.sleep(0.05)
+    for ws in clients[:4]:
+        await ws.close()
+    for reader in readers:
+        reader.cancel()
 
 
 def forget(client, processes):
