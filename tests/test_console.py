@@ -187,6 +187,37 @@ async def test_hostile_strings_are_shown_as_text(console):
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_close_all_of_a_process_and_the_trace_link(console):
+    from wsmonitor.testing import span_exporter
+
+    exporter = span_exporter()
+    console.WSMONITOR = {**console.WSMONITOR, "CONSOLE_DRAIN_CODE": 4012,
+                         "CONSOLE_TRACE_URL": "https://jaeger.example/trace/{trace_id}?x=1&y=2"}
+    closer = await sync_to_async(make_user)("closer", perms=["view_console", "close_sessions"])
+    client = await sync_to_async(client_for)(closer)
+    opened = [await connect() for _ in range(3)]
+    session_id = opened[0][1]
+    page = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")).content.decode()
+    entry = (await sync_to_async(client.get)(f"/console/api/sessions/{session_id}")).json()
+    assert len(entry["trace_id"]) == 32
+    assert f'href="https://jaeger.example/trace/{entry["trace_id"]}?x=1&amp;y=2"' in page
+    process = publisher().process
+    refused = await sync_to_async(client.post)(f"/console/processes/{process}/drain", {})
+    assert refused.status_code == 400  # not confirmed
+    response = await sync_to_async(client.post)(
+        f"/console/processes/{process}/drain", {"confirm": "yes"},
+        headers={"Accept": "application/json"})
+    assert response.json() == {"sent": 3, "skipped": 0, "code": 4012}
+    for communicator, _ in opened:
+        assert await communicator.receive_output(timeout=3) == {
+            "type": "websocket.close", "code": 4012}
+        await communicator.wait(timeout=3)
+    connection_spans = [s for s in exporter.get_finished_spans()
+                        if format(s.context.trace_id, "032x") == entry["trace_id"]]
+    assert connection_spans  # the link leads to the session's own trace
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_middleware_only_sessions_of_other_processes_have_no_button(console):
     from wsmonitor.console import closing
 
