@@ -395,3 +395,25 @@ def test_console_checks(console):
     assert "AuthenticationMiddleware" in warnings[1].msg
     console.ROOT_URLCONF = "wsmonitor.urls"  # no console: nothing to say
     assert check_console(None) == []
+
+
+def test_group_memberships_where_the_layer_records_them(console):
+    from channels.layers import channel_layers
+
+    from wsmonitor.console.views import _display
+
+    class Layer:
+        _wsm_joined = {"specific.a!b": {"chat.lobby": time.time() - 90}}
+
+    channel_layers.backends["console-test"] = Layer()
+    try:
+        groups = snapshot.group_memberships("specific.a!b", "console-test")
+        assert [g for g, _ in groups] == ["chat.lobby"]
+        assert snapshot.group_memberships("specific.other!c", "console-test") == []
+        assert snapshot.group_memberships("specific.a!b", "no-such-alias") is None
+        entry = {"session_id": "s", "opened_at": time.time(), "groups": groups,
+                 "layer": "console-test", "closable": True, "process": "p"}
+        shown = _display(entry, time.time(), "p")["groups"]
+        assert shown == [{"name": "chat.lobby", "age": "1m 30s", "expires_in": "23h 58m"}]
+    finally:
+        del channel_layers.backends["console-test"]

@@ -103,19 +103,22 @@ def last_rtt(conn):
     return round(value, 6) if isinstance(value, (int, float)) else None
 
 
-def group_memberships(channel):
-    """``[[group, joined_at], ...]`` of a channel where the layer tracks it, else None."""
+def group_memberships(channel, alias):
+    """``[[group, joined_at], ...]`` of a channel, where its layer records memberships, else None.
+
+    wsmonitor's layer classes keep, per process, which local channel joined which group
+    when (``_wsm_joined``); other layers cannot tell.
+    """
     if not channel:
         return None
-    from .. import layers
+    from channels.layers import channel_layers
 
-    membership = getattr(layers, "memberships", None)
-    if membership is None:
+    layer = channel_layers.backends.get(alias or "default")  # never create one here
+    joined = getattr(layer, "_wsm_joined", None)
+    if not isinstance(joined, dict):
         return None
-    try:
-        return [[clip(group), joined] for group, joined in membership(channel)]
-    except Exception:
-        return None
+    groups = joined.get(channel) or {}
+    return [[clip(group), at] for group, at in list(groups.items())]
 
 
 def identity(conn, process, node, pid, redact):
@@ -160,7 +163,8 @@ def describe(conn, static):
     entry.update(
         user=static.get("user"), messages_in=conn.messages_in, messages_out=conn.messages_out,
         bytes_in=conn.bytes_in, bytes_out=conn.bytes_out, rtt=last_rtt(conn),
-        groups=group_memberships(static["channel"]), closable=_closable(conn))
+        groups=group_memberships(static["channel"], static["layer"]),
+        closable=_closable(conn))
     return entry
 
 
