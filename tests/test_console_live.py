@@ -153,6 +153,22 @@ async def test_without_the_permissions_no_data_and_no_close(browser, nodes):  # 
         await boss_page.wait_for_selector(f'tr[data-session="{session_id}"]',
                                           timeout=TIMEOUT * 1000)
 
+        # Updates that fail leave the data on screen, say so, and resume by themselves.
+        def updates(url):
+            return "part=" in url
+
+        async def refuse(route):
+            await route.abort()
+
+        await boss_page.route(updates, refuse)
+        await boss_page.wait_for_function(
+            "document.getElementById('live').textContent.startsWith('updates paused')",
+            timeout=10000)
+        assert await boss_page.locator(f'tr[data-session="{session_id}"]').count() == 1
+        await boss_page.unroute(updates, refuse)
+        await boss_page.wait_for_function(
+            "document.getElementById('live').textContent.startsWith('live ·')", timeout=15000)
+
         anonymous = await browser.new_page()
         await anonymous.goto(node_a.http_url("/wsmonitor/console/"))
         assert "/accounts/login/" in anonymous.url
