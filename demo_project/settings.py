@@ -100,3 +100,18 @@ LOGGING = {
     "disable_existing_loggers": False,
     "loggers": {"django": {"handlers": [], "level": "INFO", "propagate": True}},
 }
+
+# --- The console (wsmonitor.console): Django auth, a login page, staff permissions -----------
+# Sign in at /accounts/login/ with a user made by `manage.py console_user NAME --close`.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "wsmonitor-console"
+LOGOUT_REDIRECT_URL = "index"
+TEMPLATES[0]["OPTIONS"]["context_processors"] += [
+    "django.contrib.auth.context_processors.auth",
+]
+WSMONITOR.update({
+    "CONSOLE_INTERVAL": float(os.environ.get("WSMONITOR_CONSOLE_INTERVAL", "5")),
+    # e.g. http://127.0.0.1:16686/trace/{trace_id} for Jaeger's UI
+    "CONSOLE_TRACE_URL": os.environ.get("WSMONITOR_CONSOLE_TRACE_URL") or None,
+    "REDACT_CLIENTS": os.environ.get("WSMONITOR_REDACT_CLIENTS") == "1",
+})

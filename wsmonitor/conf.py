@@ -57,6 +57,21 @@ DEFAULTS = {
     # connection is closed as a zombie (code 4408).
     "HEARTBEAT_INTERVAL": 20,
     "HEARTBEAT_TIMEOUT": 30,
+    # Live console (wsmonitor.console; False stops its sampler): seconds between the snapshots each process
+    # publishes, seconds of history its charts keep, closes kept per process, page size.
+    "CONSOLE": True,
+    "CONSOLE_INTERVAL": 5,
+    "CONSOLE_HISTORY": 900,
+    "CONSOLE_CLOSED_KEEP": 300,
+    "CONSOLE_PAGE_SIZE": 50,
+    # Link to a session's connection span, e.g. "http://jaeger:16686/trace/{trace_id}".
+    "CONSOLE_TRACE_URL": None,
+    # Close code of the console's "close every session of this process" action.
+    # 1012 (service restart) is what the protocol means, but daphne sends only 1000
+    # and 3000-4999, so the default is an application code.
+    "CONSOLE_DRAIN_CODE": 4012,
+    # Replace client addresses and user names by "redacted" before they leave the process.
+    "REDACT_CLIENTS": False,
 }
 
 
