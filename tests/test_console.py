@@ -417,3 +417,19 @@ def test_group_memberships_where_the_layer_records_them(console):
         assert shown == [{"name": "chat.lobby", "age": "1m 30s", "expires_in": "23h 58m"}]
     finally:
         del channel_layers.backends["console-test"]
+
+
+@pytest.mark.parametrize("setting, check_id", [
+    ({"CONSOLE": "yes"}, "wsmonitor.E020"),
+    ({"CONSOLE_INTERVAL": 0}, "wsmonitor.E021"),
+    ({"CONSOLE_HISTORY": 1, "CONSOLE_INTERVAL": 5}, "wsmonitor.E021"),
+    ({"CONSOLE_PAGE_SIZE": 0}, "wsmonitor.E022"),
+    ({"CONSOLE_TRACE_URL": "http://jaeger/trace/"}, "wsmonitor.E023"),
+    ({"CONSOLE_DRAIN_CODE": 1012}, "wsmonitor.E024"),
+])
+def test_console_settings_are_checked(setting, check_id):
+    from wsmonitor.conf import validate
+
+    assert [problem[0] for problem in validate(setting)] == [check_id]
+    assert validate({"CONSOLE_TRACE_URL": "http://jaeger/trace/{trace_id}",
+                     "CONSOLE_DRAIN_CODE": 4012, "CONSOLE_INTERVAL": 0.5}) == []
