@@ -1,5 +1,6 @@
 """The console in one process: permissions, what a session shows, escaping, closing, Redis."""
 
+import asyncio
 import json
 import time
 
@@ -10,6 +11,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django.urls import include, path
 
+from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer
 from wsmonitor.console import charts, snapshot, store
 
 from . import consumers
@@ -160,6 +162,60 @@ async def test_a_session_is_listed_with_live_counts_and_closed_from_the_console(
     assert len(mine) == 1 and mine[0]["code"] == 4000
     assert (await sync_to_async(client.get)("/console/api/sessions",
                                             {"session": session_id})).json()["total"] == 0
+
+
+class Beat(InstrumentedAsyncJsonWebsocketConsumer):
+    wsmonitor_heartbeat = 0.1
+    wsmonitor_heartbeat_timeout = 30
+
+    async def connect(self):
+        await self.accept()
+
+    async def receive_json(self, content, **kwargs):
+        await self.send_json({"session_id": self.session_id})
+
+
+async def next_ping(communicator):
+    while True:
+        content = await communicator.receive_json_from(timeout=3)
+        if content.get("type") == "wsmonitor.ping":
+            return content
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_last_heartbeat_round_trip_is_shown(console):
+    viewer = await sync_to_async(make_user)("viewer", perms=["view_console"])
+    client = await sync_to_async(client_for)(viewer)
+    started = time.monotonic()  # before the first ping can go out
+    communicator = WebsocketCommunicator(Beat.as_asgi(), "/ws/beat/")
+    assert (await communicator.connect(timeout=3))[0]
+    try:
+        await communicator.send_json_to({"hello": 1})
+        while "session_id" not in (reply := await communicator.receive_json_from(timeout=3)):
+            pass
+        session_id = reply["session_id"]
+
+        async def shown():
+            entry = (await sync_to_async(client.get)(f"/console/api/sessions/{session_id}")).json()
+            page = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")).content
+            return entry["rtt"], page.decode()
+
+        rtt, page = await shown()
+        assert rtt is None  # no pong yet: nothing to show, not a zero
+        ping = await next_ping(communicator)
+        received = time.monotonic()
+        await asyncio.sleep(0.15)  # the client takes its time: the RTT must include it
+        held = time.monotonic() - received
+        await communicator.send_json_to({"type": "wsmonitor.pong", "id": ping["id"]})
+        await communicator.send_json_to({"after": "pong"})  # dispatched after the pong
+        while "session_id" not in await communicator.receive_json_from(timeout=3):
+            pass
+        elapsed = time.monotonic() - started
+        rtt, page = await shown()
+        assert rtt is not None and held <= rtt <= elapsed, (held, rtt, elapsed)
+        assert f"{round(rtt * 1000)} ms" in page
+    finally:
+        await communicator.disconnect()
 
 
 @pytest.mark.django_db(transaction=True)
