@@ -219,6 +219,37 @@ async def test_the_last_heartbeat_round_trip_is_shown(console):
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_user_names_with_wsmonitor_outside_auth_middleware_stack(console):
+    from channels.auth import AuthMiddlewareStack
+    from django.conf import settings
+
+    from wsmonitor import WSMonitorMiddleware
+
+    viewer = await sync_to_async(make_user)("viewer", perms=["view_console"])
+    client = await sync_to_async(client_for)(viewer)
+    alice = await sync_to_async(client_for)(await sync_to_async(make_user)("alice", staff=False))
+    cookie = f"{settings.SESSION_COOKIE_NAME}={alice.cookies[settings.SESSION_COOKIE_NAME].value}"
+    # The recommended order: wsmonitor outermost, so it also counts what the stack refuses.
+    app = WSMonitorMiddleware(AuthMiddlewareStack(consumers.Echo.as_asgi()))
+    opened = {}
+    for who, headers in (("alice", [(b"cookie", cookie.encode())]), ("anonymous", [])):
+        communicator = WebsocketCommunicator(app, "/ws/echo/", headers=headers)
+        assert (await communicator.connect(timeout=3))[0]
+        await communicator.send_to(text_data="session")
+        opened[who] = (communicator, (await communicator.receive_from(timeout=3)).split()[0])
+    try:
+        for who, expected in (("alice", "alice"), ("anonymous", "")):
+            session_id = opened[who][1]
+            entry = (await sync_to_async(client.get)(f"/console/api/sessions/{session_id}")).json()
+            assert (entry["user"], entry["kind"]) == (expected, "async")
+        page = (await sync_to_async(client.get)("/console/")).content.decode()
+        assert "alice" in page and "anonymous" in page and "need <code>AuthMiddlewareStack" not in page
+    finally:
+        for communicator, _ in opened.values():
+            await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_hostile_strings_are_shown_as_text(console):
     viewer = await sync_to_async(make_user)("viewer", perms=["view_console"])
     client = await sync_to_async(client_for)(viewer)

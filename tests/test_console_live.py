@@ -1,7 +1,8 @@
 """The console in headless Chromium against two daphne nodes sharing Redis.
 
 Daphne serves ``tests.test_console_live:application``: the demo's routes behind
-``AuthMiddlewareStack``, so sessions carry their user.
+``AuthMiddlewareStack``, inside wsmonitor's middleware (the recommended order), so
+sessions carry their user.
 """
 
 import asyncio
@@ -43,8 +44,8 @@ def __getattr__(name):
 
     return ProtocolTypeRouter({
         "http": ASGIStaticFilesHandler(http),
-        # Outside wsmonitor's middleware, so the connection's scope carries the user.
-        "websocket": AuthMiddlewareStack(WSMonitorMiddleware(URLRouter(websocket_urlpatterns))),
+        # wsmonitor outermost: the consumer that adopts its connection brings the user.
+        "websocket": WSMonitorMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     })
 
 
