@@ -278,7 +278,9 @@ async def test_close_all_of_a_process_and_the_trace_link(console):
     from wsmonitor.testing import span_exporter
 
     exporter = span_exporter()
-    console.WSMONITOR = {**console.WSMONITOR, "CONSOLE_DRAIN_CODE": 4012,
+    from wsmonitor.testing import MetricsSnapshot, metric_diff
+
+    console.WSMONITOR = {**console.WSMONITOR, "METRICS": True,
                          "CONSOLE_TRACE_URL": "https://jaeger.example/trace/{trace_id}?x=1&y=2"}
     closer = await sync_to_async(make_user)("closer", perms=["view_console", "close_sessions"])
     client = await sync_to_async(client_for)(closer)
@@ -291,14 +293,19 @@ async def test_close_all_of_a_process_and_the_trace_link(console):
     process = publisher().process
     refused = await sync_to_async(client.post)(f"/console/processes/{process}/drain", {})
     assert refused.status_code == 400  # not confirmed
+    before = MetricsSnapshot.collect()
     response = await sync_to_async(client.post)(
         f"/console/processes/{process}/drain", {"confirm": "yes"},
         headers={"Accept": "application/json"})
-    assert response.json() == {"sent": 3, "skipped": 0, "code": 4012}
+    assert response.json() == {"sent": 3, "skipped": 0, "code": 4012}  # the default
     for communicator, _ in opened:
         assert await communicator.receive_output(timeout=3) == {
             "type": "websocket.close", "code": 4012}
         await communicator.wait(timeout=3)
+    # Exported as itself, not folded into 4xxx, though the project never declared it.
+    labels = {"consumer": "Echo", "node": NODE}
+    assert metric_diff(before, "ws_closes_total", code="4012", **labels) == 3
+    assert metric_diff(before, "ws_closes_total", code="4xxx", **labels) == 0
     connection_spans = [s for s in exporter.get_finished_spans()
                         if format(s.context.trace_id, "032x") == entry["trace_id"]]
     assert connection_spans  # the link leads to the session's own trace

@@ -19,7 +19,8 @@ import time
 import uuid
 from collections import deque
 
-from ..conf import get_config
+from .. import metrics as _metrics
+from ..conf import DEFAULTS, get_config
 from ..logging import logger
 
 PREFIX = "wsmonitor:console:"
@@ -30,6 +31,12 @@ CLOSED_KEY = PREFIX + "closed:"  # list: recent closes, newest first
 #: JSON list of [session ID, opened_at, consumer, path, user] per process: what the sessions
 #: page filters and sorts on, parsed in one call instead of one per session.
 INDEX_KEY = PREFIX + "index:"
+
+#: "Close all" sends this by default. 1012 (service restart) is what the protocol means, but
+#: daphne lets applications send only 1000 and 3000-4999; reserved, so that
+#: ``ws_closes_total`` counts it as itself rather than as ``4xxx``.
+DRAIN_CODE = DEFAULTS["CONSOLE_DRAIN_CODE"]
+_metrics.reserve_close_code(DRAIN_CODE)
 
 #: Longest client-controlled string kept (path, user agent, user name, subprotocol).
 MAX_TEXT = 2048
