@@ -35,6 +35,18 @@ def payload_size(message):
     return len(data) if data is not None else 0
 
 
+#: What ``REDACT_CLIENTS`` puts in logs and the console instead of an address or user name.
+REDACTED = "redacted"
+
+
+def client_address(scope, config):
+    """``host:port`` of the peer for logs, ``"redacted"`` under ``REDACT_CLIENTS``; None if unknown."""
+    client = scope.get("client")
+    if not client:
+        return None
+    return REDACTED if config["REDACT_CLIENTS"] else f"{client[0]}:{client[1]}"
+
+
 def _chain(exc):
     """``exc`` and the exceptions it was raised while handling."""
     seen = 0
@@ -90,7 +102,8 @@ class Connection:
         self.relabel(label, metrics_on, logs_on, kind, options)
         self.links = None
         if tracer is not None:
-            self.span = tracing.start_connection_span(tracer, scope, self.session_id, label)
+            self.span = tracing.start_connection_span(tracer, scope, self.session_id, label,
+                                                      config["REDACT_CLIENTS"])
             self.links = [Link(self.span.get_span_context())]  # every message span's link
         _open.add(self)
 
@@ -216,10 +229,9 @@ class Connection:
             if self.config["SPLIT_CONNECTION_SPAN"]:
                 self.span.end()
         if self.logs:
-            client = self.scope.get("client")
             logger.info(
                 "ws_open", consumer=self.label, path=self.scope.get("path"),
-                client=f"{client[0]}:{client[1]}" if client else None, subprotocol=subprotocol,
+                client=client_address(self.scope, self.config), subprotocol=subprotocol,
             )
         kind = self.kind
         opened = []
