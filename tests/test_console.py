@@ -169,7 +169,7 @@ class Beat(InstrumentedAsyncJsonWebsocketConsumer):
     wsmonitor_heartbeat_timeout = 30
 
     async def connect(self):
-        await self.accept()
+        await self.accept(subprotocol=(self.scope["subprotocols"] or [None])[0])
 
     async def receive_json(self, content, **kwargs):
         await self.send_json({"session_id": self.session_id})
@@ -183,11 +183,12 @@ async def next_ping(communicator):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_last_heartbeat_round_trip_is_shown(console):
+async def test_the_last_heartbeat_round_trip_and_the_subprotocol_are_shown(console):
     viewer = await sync_to_async(make_user)("viewer", perms=["view_console"])
     client = await sync_to_async(client_for)(viewer)
     started = time.monotonic()  # before the first ping can go out
-    communicator = WebsocketCommunicator(Beat.as_asgi(), "/ws/beat/")
+    communicator = WebsocketCommunicator(Beat.as_asgi(), "/ws/beat/",
+                                         subprotocols=["chat.v2", "chat.v1"])
     assert (await communicator.connect(timeout=3))[0]
     try:
         await communicator.send_json_to({"hello": 1})
@@ -200,6 +201,9 @@ async def test_the_last_heartbeat_round_trip_is_shown(console):
             page = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")).content
             return entry["rtt"], page.decode()
 
+        entry = (await sync_to_async(client.get)(f"/console/api/sessions/{session_id}")).json()
+        assert (entry["subprotocol"], entry["requested_subprotocols"]) == (
+            "chat.v2", "chat.v2, chat.v1")
         rtt, page = await shown()
         assert rtt is None  # no pong yet: nothing to show, not a zero
         ping = await next_ping(communicator)
@@ -323,21 +327,6 @@ async def test_middleware_only_sessions_of_other_processes_have_no_button(consol
     entry.update(channel="specific.abc!def")
     assert closing.reach(entry, "me") == ("layer", None)
     assert closing.reach({**entry, "process": "me"}, "me") == ("local", None)
-
-
-def test_redaction_keeps_addresses_and_names_in_the_process(console):
-    console.WSMONITOR = {"NODE": NODE, "REDACT_CLIENTS": True, "LOGS": False}
-
-    class Conn:
-        session_id, label, accepted_at, span, owner = "s", "Echo", time.monotonic(), None, None
-        scope = {"path": "/x", "client": ("10.1.2.3", 5555), "user": type(
-            "U", (), {"is_authenticated": True, "get_username": lambda self: "alice"})()}
-        messages_in = messages_out = bytes_in = bytes_out = 0
-
-    entry = snapshot.identity(Conn(), "p", NODE, 1, True)
-    assert entry["client"] == snapshot.REDACTED
-    assert snapshot._user(Conn.scope, True) == snapshot.REDACTED
-    assert snapshot._user(Conn.scope, False) == "alice"
 
 
 # --- Redis: every process, and 10,000 sessions ------------------------------------------------

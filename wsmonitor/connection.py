@@ -65,9 +65,9 @@ class Connection:
     Readable by features and tools: ``session_id``, ``label``, ``scope``, ``kind``
     ("async", "sync" or "middleware"), ``accepted_at`` (monotonic) and ``opened_at``
     (wall clock), ``code`` (None while open), the ``messages_*`` and ``bytes_*``
-    counts, ``channel_name`` and ``layer_alias`` (the consumer's channel layer, if
-    any), ``closed_by`` (one of :data:`CLOSED_BY`, set on every path out) and
-    ``closable``.
+    counts, ``subprotocol`` (the accepted one), ``channel_name`` and ``layer_alias``
+    (the consumer's channel layer, if any), ``closed_by`` (one of :data:`CLOSED_BY`,
+    set on every path out) and ``closable``.
     """
 
     __slots__ = (
@@ -75,7 +75,7 @@ class Connection:
         "span", "config", "asgi_send", "accepted_at", "opened_at", "rejected", "code",
         "closed_by", "counted_error", "unrecorded_error", "finished", "adopted", "links",
         "messages_in", "messages_out", "bytes_in", "bytes_out", "channel_name", "layer_alias",
-        "absorb", "opened_features",
+        "absorb", "opened_features", "subprotocol",
     )
 
     def __init__(self, scope, label, config, asgi_send, metrics_on, logs_on, tracer,
@@ -87,6 +87,7 @@ class Connection:
         self.tracer = tracer  # None when tracing is off or no provider is installed
         self.span = None  # the ws.connection span
         self.accepted_at = self.opened_at = None
+        self.subprotocol = None  # the one the accept chose
         self.rejected = None  # the reject reason, once refused
         self.code = None  # the close code, once a close went out or came in
         self.closed_by = None
@@ -222,7 +223,7 @@ class Connection:
         if m is not None:
             m.connects.inc()
             m.active.inc()
-        subprotocol = message.get("subprotocol")
+        subprotocol = self.subprotocol = message.get("subprotocol")
         if self.span is not None:
             if subprotocol:
                 self.span.set_attribute("websocket.subprotocol", subprotocol)
