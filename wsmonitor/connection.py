@@ -21,8 +21,9 @@ from . import metrics as _metrics
 from . import tracing
 from .logging import logger
 
-#: ``closed_by`` values: who ended the connection.
-CLOSED_BY = ("client", "server", "heartbeat", "console", "shutdown", "error")
+#: ``closed_by`` values: who ended the connection ("killed": the client left, and the server
+#: cancelled the application that had not finished in time).
+CLOSED_BY = ("client", "server", "heartbeat", "console", "shutdown", "error", "killed")
 _NO_OPTIONS = {}
 
 

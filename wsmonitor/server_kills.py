@@ -82,6 +82,9 @@ def killed(task, protocol):
     """Count and log one application daphne killed (``protocol`` is its repr)."""
     conn = _find(task, protocol)
     consumer = conn.label if conn is not None else UNKNOWN
+    if conn is not None:
+        # daphne warns before it cancels: the books close after this, saying what happened.
+        conn.closed_by = "killed"
     _series(consumer).inc()
     if conn is not None and not conn.logs:
         return
