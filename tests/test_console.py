@@ -160,6 +160,9 @@ async def test_a_session_is_listed_with_live_counts_and_closed_from_the_console(
     data = (await sync_to_async(client.get)("/console/api/closed")).json()
     mine = [c for c in data["closed"] if c["session_id"] == session_id]
     assert len(mine) == 1 and mine[0]["code"] == 4000
+    # Without a registry nothing waits for Redis: closes are kept only as "recently closed".
+    assert len(publisher().unpushed) == 0
+    assert publisher().unpushed.maxlen == publisher().recent.maxlen == 300
     assert (await sync_to_async(client.get)("/console/api/sessions",
                                             {"session": session_id})).json()["total"] == 0
 

@@ -192,7 +192,9 @@ class Publisher:
         self.lock = threading.Lock()
         self.series = deque(maxlen=self._ring_length(config))
         self.recent = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])  # newest last
-        self.unpushed = deque()  # closes not written to Redis yet
+        # Closes not written to Redis yet; bounded, so a registry that is down (or none at all)
+        # never makes a process keep every close it ever saw.
+        self.unpushed = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])
         self.identities = {}  # session ID -> identity dict
         self.published = {}  # session ID -> the JSON last written to Redis
         self.index = None  # the index last written to Redis
@@ -226,7 +228,8 @@ class Publisher:
         entry.update(code=code, closed_by=conn.closed_by, closed_at=now,
                      duration=round(now - entry["opened_at"], 3), closable=False)
         self.recent.append(entry)
-        self.unpushed.append(entry)
+        if get_config()["REGISTRY_URL"]:
+            self.unpushed.append(entry)
 
     # --- the thread ---
     def ensure_running(self):
@@ -350,7 +353,8 @@ class Publisher:
         results = pipe.execute()
         self.published, self.index = encoded, index
         self.full = False
-        for _ in closes:
+        sent = {id(c) for c in closes}  # those still queued: a full queue drops its oldest
+        while self.unpushed and id(self.unpushed[0]) in sent:
             self.unpushed.popleft()
         if not results[0] and not full:
             self.full = True  # Redis lost our keys (restarted, flushed): rewrite next time
