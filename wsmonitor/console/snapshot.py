@@ -211,7 +211,9 @@ class Publisher:
         self.lock = threading.Lock()
         self.series = deque(maxlen=self._ring_length(config))
         self.recent = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])  # newest last
-        self.unpushed = deque()  # closes not written to Redis yet
+        # Closes not written to Redis yet; bounded like the list they go to, so a process with
+        # no registry (or a registry that is down) never grows it.
+        self.unpushed = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])
         self.identities = {}  # session ID -> identity dict
         self.published = {}  # session ID -> the JSON last written to Redis
         self.index = None  # the index last written to Redis
