@@ -182,3 +182,10 @@ class SyncJson(InstrumentedJsonWebsocketConsumer):
 
     def receive_json(self, content, **kwargs):
         self.send_json({"echo": content})
+
+
+class SyncBeatEcho(SyncEcho):
+    """SyncEcho with the heartbeat: clients that answered once and then fell silent get 4408."""
+
+    wsmonitor_heartbeat = 0.05
+    wsmonitor_heartbeat_timeout = 0.2

@@ -175,3 +175,29 @@ async def test_a_client_that_never_completes_the_handshake(server):
         assert echo(during, "ws_connections_active") == 0
         assert during.value("ws_connects_rejected_total") == before.value(
             "ws_connects_rejected_total")
+
+
+@pytest.mark.parametrize("query, headers, subprotocols", [
+    ("reconnect=%C2%B2", {}, None),  # "²": str.isdigit() says yes, int() says no
+    ("reconnect=%EF%BC%91", {}, None),  # a full-width "1"
+    ("reconnect=%FF%FE&reconnect=3", {}, None),  # undecodable, then repeated
+    ("reconnect=" + "%F0%9F%98%80" * 500, {}, None),  # long
+    ("traceparent=00-%C2%B2-%00-01&tracestate=%FF", {}, None),
+    ("", {"traceparent": "00-" + "f" * 32 + "-" + "0" * 16 + "-ff",
+          "User-Agent": "\u00b2\u00ff" * 400}, None),
+    ("", {"traceparent": "zz", "tracestate": "x" * 5000}, ["a" * 300, "wsmonitor.v1"]),
+])
+async def test_hostile_query_strings_headers_and_subprotocols_never_break_a_socket(
+        server, query, headers, subprotocols):
+    before = server.scrape()
+    async with connect(server.ws_url("/ws/echo/?" + query), origin=f"http://127.0.0.1:{server.port}",
+                       open_timeout=5, close_timeout=5, additional_headers=headers,
+                       subprotocols=subprotocols) as ws:
+        await ws.send("still here")
+        assert await asyncio.wait_for(ws.recv(), 5) == "still here"
+    await eventually(lambda: echo(server.scrape(), "ws_closes_total", code="1000")
+                     == echo(before, "ws_closes_total", code="1000") + 1)
+    after = server.scrape()
+    assert echo(after, "ws_errors_total") == echo(before, "ws_errors_total")
+    assert echo(after, "ws_closes_total", code="1011") == echo(before, "ws_closes_total",
+                                                               code="1011")

@@ -58,3 +58,34 @@ def test_nothing_serving_metrics_warns():
     # wsmonitor.urls serves /metrics; django_prometheus is not needed for that.
     with override_settings(INSTALLED_APPS=["channels", "wsmonitor"]):
         assert check_prometheus_export(None) == []
+
+
+def test_close_codes_error_names_the_offending_entry():
+    with override_settings(WSMONITOR={"CLOSE_CODES": {4000: "full", 1000: "normal"}}):
+        (error,) = check_settings(None)
+    assert error.id == "wsmonitor.E004"
+    assert "entry 1000" in error.msg and "not an application close code" in error.msg
+
+
+def test_an_invalid_setting_is_never_merged_the_defaults_apply():
+    from wsmonitor.conf import DEFAULTS, get_config
+
+    with override_settings(WSMONITOR={"CLOSE_CODES": 5, "NODE": "elsewhere", "CAPACITY": 10}):
+        config = get_config()
+        assert config["CLOSE_CODES"] == DEFAULTS["CLOSE_CODES"]
+        assert config["CAPACITY"] is None and config["NODE"] != "elsewhere"
+
+
+async def test_no_setting_can_break_a_connection():
+    from channels.testing import WebsocketCommunicator
+
+    from .consumers import Echo
+
+    for value in ({"CLOSE_CODES": 5}, {"ERROR_CLOSE_CODES": 7}, {"HEARTBEAT_INTERVAL": "x"},
+                  {"TRACE_MODEL": None}, {"NODE": 3}, "not a dict"):
+        with override_settings(WSMONITOR=value):
+            communicator = WebsocketCommunicator(Echo.as_asgi(), "/ws/")
+            assert (await communicator.connect(timeout=3))[0], value
+            await communicator.send_to(text_data="hi")
+            assert await communicator.receive_from(timeout=3) == "hi"
+            await communicator.disconnect(code=1000, timeout=3)

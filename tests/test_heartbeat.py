@@ -16,6 +16,12 @@ from wsmonitor.testing import MetricsSnapshot, assert_metric_diff, metric_diff
 from .conftest import eventually
 
 NODE = "test-node"
+
+
+def sampler_task():
+    """The running loop's saturation sampler task, or None."""
+    sampler = saturation._samplers.get(asyncio.get_running_loop())
+    return sampler.task if sampler else None
 opened = []  # consumer instances, so tests can look at their heartbeat task
 
 
@@ -179,8 +185,8 @@ async def test_the_heartbeat_task_ends_on_every_path_out(path):
     opened.clear()
     communicator = await open_ws(JsonBeat)
     consumer = opened[0]
-    task = consumer._wsm_heartbeat.task
-    sampler = saturation.sampler_task()
+    task = consumer._wsm.state["heartbeat"].task
+    sampler = sampler_task()
     assert not task.done() and sampler is not None and not sampler.done()
     if path == "client-close":
         await communicator.disconnect(code=1001, timeout=3)
@@ -199,7 +205,7 @@ async def test_the_heartbeat_task_ends_on_every_path_out(path):
             await communicator.future
     await eventually(lambda: task.done() and sampler.done(), timeout=3,
                      message="heartbeat and sampler tasks finished")
-    assert task.cancelled() and saturation.sampler_task() is None
+    assert task.cancelled() and sampler_task() is None
 
 
 async def test_reported_reconnects_are_counted_in_bounded_buckets():
@@ -262,14 +268,19 @@ def test_heartbeat_settings_are_checked(value, expected):
         assert "HEARTBEAT_" in error.msg
 
 
-async def test_a_bad_heartbeat_attribute_fails_loudly():
-    class Broken(JsonBeat):
-        wsmonitor_heartbeat = 0
+@pytest.mark.parametrize("attrs, message", [
+    ({"wsmonitor_heartbeat": 0}, "wsmonitor_heartbeat must be a positive number"),
+    ({"wsmonitor_heartbeat": "20"}, "wsmonitor_heartbeat must be a positive number"),
+    ({"wsmonitor_heartbeat_timeout": -1}, "wsmonitor_heartbeat_timeout must be a positive"),
+    ({"wsmonitor_heartbeat_required": "yes"}, "wsmonitor_heartbeat_required must be True or"),
+    ({"wsmonitor_heartbeat_frames": ("ping:",)}, "wsmonitor_heartbeat_frames must be two"),
+])
+def test_a_bad_heartbeat_attribute_is_refused_when_the_class_is_defined(attrs, message):
+    from django.core.exceptions import ImproperlyConfigured
 
-    communicator = WebsocketCommunicator(Broken.as_asgi(), "/ws/broken/")
-    await communicator.connect(timeout=3)
-    with pytest.raises(Exception, match="wsmonitor_heartbeat must be a positive number"):
-        await communicator.wait(timeout=3)
+    with pytest.raises(ImproperlyConfigured, match=message) as refused:
+        type("Broken", (JsonBeat,), attrs)
+    assert "Broken" in str(refused.value)  # names the class to fix
 
 
 class SlowGroupMember(InstrumentedAsyncWebsocketConsumer):
@@ -323,12 +334,17 @@ async def test_channel_layer_backlog_shows_messages_waiting_for_a_slow_consumer(
 async def test_pong_bookkeeping_lost_late_duplicate_and_forged_pongs():
     from wsmonitor.heartbeat import MAX_PENDING, Heartbeat
 
+    from wsmonitor.connection import Connection
+
     sent = []
 
     async def send(message):
         sent.append(message["text"])
 
-    beat = Heartbeat(send, 1, 10, False, None, None, False, lambda: False, None)
+    conn = Connection({"type": "websocket"}, "Unit", {"SPLIT_CONNECTION_SPAN": False}, send,
+                      False, False, None)
+    conn.finished = True  # never accepted: a bookkeeping-only connection
+    beat = Heartbeat(conn, 1, 10, False, None, None)
     for now in (1.0, 2.0, 3.0):
         await beat._ping(now)
     assert sent[0] == '{"type":"wsmonitor.ping","id":1}'

@@ -8,6 +8,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
+from wsmonitor import InstrumentedAsyncWebsocketConsumer
 from wsmonitor.testing import MetricsSnapshot, assert_metric_diff
 
 from . import consumers
@@ -257,3 +258,35 @@ async def test_node_label_follows_settings_changes():
         communicator = await open_echo()
         await communicator.disconnect(timeout=3)
         assert_metric_diff(before, "ws_connects_total", 1, consumer="Echo", node="elsewhere")
+
+
+async def test_connect_failing_on_a_dead_redis_is_counted_and_logged_once(caplog):
+    """group_add fails in connect(), then channels' cleanup of the layer's receive fails too."""
+    pytest.importorskip("channels_redis")
+    import logging
+
+    from django.test import override_settings
+
+    from .conftest import free_port
+
+    class Joins(InstrumentedAsyncWebsocketConsumer):
+        async def connect(self):
+            await self.channel_layer.group_add("room", self.channel_name)
+            await self.accept()
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: like Redis down
+    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                          "CONFIG": {"hosts": [{"address": dead, "socket_timeout": 1,
+                                                "socket_connect_timeout": 1}]}}}
+    before = MetricsSnapshot.collect()
+    caplog.set_level(logging.ERROR)
+    with override_settings(CHANNEL_LAYERS=layers):
+        communicator = WebsocketCommunicator(Joins.as_asgi(), "/ws/joins/")
+        with pytest.raises(Exception, match="connecting to"):  # daphne answers HTTP 500
+            await communicator.connect(timeout=5)
+    labels = {"consumer": "Joins"}
+    assert_metric_diff(before, "ws_errors_total", 1, stage="connect", **labels)
+    assert_metric_diff(before, "ws_errors_total", 0, stage="layer", **labels)
+    assert_metric_diff(before, "ws_connects_rejected_total", 1, reason="error", **labels)
+    errors = [r for r in caplog.records if "ws_error" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in errors]

@@ -99,3 +99,45 @@ def test_django_records_share_the_json_format():
     parsed = json.loads(handler.format(record))
     assert parsed["event"] == "Not Found: /nowhere\n"
     assert parsed["level"] == "warning" and parsed["logger"] == "django.request"
+
+
+def test_the_formatter_can_be_named_in_django_logging(tmp_path):
+    import logging.config
+
+    path = tmp_path / "named.log"
+    logging.config.dictConfig({
+        "version": 1, "disable_existing_loggers": False, "incremental": False,
+        "formatters": {"wsm": {"()": "wsmonitor.logging.Formatter", "format": "json"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path),
+                              "formatter": "wsm"}},
+        "loggers": {"named.test": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    })
+    try:
+        structlog.get_logger("named.test").info("ws_open", consumer="X")
+        logging.getLogger("named.test").warning("plain %s", "record")
+    finally:
+        for handler in logging.getLogger("named.test").handlers:
+            handler.close()
+        logging.getLogger("named.test").handlers.clear()
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["event"] == "ws_open" and first["consumer"] == "X"
+    assert second["event"] == "plain record" and second["logger"] == "named.test"
+
+
+def test_configure_never_removes_a_handler_the_project_configured():
+    from wsmonitor.logging import configure
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    project = logging.StreamHandler()
+    try:
+        root.handlers[:] = [project]
+        assert configure() is False
+        assert root.handlers == [project]
+        daphne = logging.StreamHandler()  # what daphne's logging.basicConfig() adds
+        daphne.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)-8s %(message)s"))
+        root.handlers[:] = [daphne]
+        assert configure() is True
+        assert [type(h) for h in root.handlers] == [_Handler]
+    finally:
+        root.handlers[:] = saved

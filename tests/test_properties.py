@@ -16,8 +16,17 @@ from wsmonitor.testing import MetricsSnapshot
 from . import consumers
 
 CONSUMERS = {"Echo": consumers.Echo, "FlakyEcho": consumers.FlakyEcho,
-             "SyncEcho": consumers.SyncEcho}
-DECLARED = frozenset({4001})
+             "SyncEcho": consumers.SyncEcho, "SyncBeatEcho": consumers.SyncBeatEcho}
+PING = '{"type":"wsmonitor.ping"'
+
+
+async def next_output(communicator):
+    """The next output that is not a heartbeat ping (this client does not answer them)."""
+    while True:
+        output = await communicator.receive_output(TIMEOUT)
+        if not (output["type"] == "websocket.send" and (output.get("text") or "").startswith(PING)):
+            return output
+DECLARED = frozenset({4001, 4408})  # 4408: wsmonitor's own heartbeat close
 ALLOWED_CODES = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "3xxx", "4xxx", "invalid"}
 close_codes = st.one_of(
     st.none(), st.sampled_from([1000, 1001, 1006, 1011, 1012, 4001, 4000, 3000]),
@@ -102,7 +111,7 @@ class Lifecycle(RuleBasedStateMachine):
 
         async def go():
             await communicator.send_to(text_data=text)
-            assert await communicator.receive_from(timeout=TIMEOUT) == text
+            assert (await next_output(communicator))["text"] == text
         self.run(go())
 
     @rule(conn=consumes(connections), code=close_codes)
@@ -127,7 +136,7 @@ class Lifecycle(RuleBasedStateMachine):
     def server_close(self, conn, which, answer):
         async def go():
             await conn[1].send_to(text_data=which)
-            assert (await conn[1].receive_output(TIMEOUT))["type"] == "websocket.close"
+            assert (await next_output(conn[1]))["type"] == "websocket.close"
         self.run(go())
         self.run(self._disconnect(conn[1], answer))  # whatever the peer answers
         self.closed(conn, 4001 if which == "close-4001" else 1000)
@@ -142,7 +151,7 @@ class Lifecycle(RuleBasedStateMachine):
 
         async def go():
             await communicator.send_to(text_data="whoami")
-            channel = await communicator.receive_from(timeout=TIMEOUT)
+            channel = (await next_output(communicator))["text"]
             get_channel_layer("flaky").fail(channel)
             try:
                 await communicator.wait(timeout=TIMEOUT)
@@ -152,6 +161,28 @@ class Lifecycle(RuleBasedStateMachine):
             raise AssertionError("the layer error should have ended the consumer")
         self.run(go())
         self.closed(conn, 1011)
+
+    @rule(conn=consumes(connections))
+    def zombie(self, conn):
+        """A heartbeat client answers one ping, then falls silent: closed with 4408."""
+        name, communicator = conn
+        if name != "SyncBeatEcho":
+            self.run(self._disconnect(communicator, 1001))
+            self.closed(conn, 1001)
+            return
+
+        async def go():
+            while True:
+                output = await communicator.receive_output(TIMEOUT)
+                if (output.get("text") or "").startswith(PING):
+                    ident = int(output["text"].rsplit(":", 1)[1].rstrip("}"))
+                    await communicator.send_to(
+                        text_data=f'{{"type":"wsmonitor.pong","id":{ident}}}')
+                    break
+            assert (await next_output(communicator)) == {"type": "websocket.close", "code": 4408}
+            await self._disconnect(communicator, 4408)  # the client echoes the close
+        self.run(go())
+        self.closed(conn, 4408)
 
     @rule(conn=consumes(connections))
     def shutdown(self, conn):

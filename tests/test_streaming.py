@@ -117,3 +117,55 @@ async def test_no_recording_span_no_problem():
     assert await communicator.receive_json_from(timeout=3) == {"done": True}
     await communicator.disconnect(timeout=3)
     assert_metric_diff(before, "ws_stream_chunks_sum", 2, consumer="Plain", stream="answer")
+
+
+async def test_a_stream_run_in_a_task_lands_on_a_span_of_the_session():
+    """The pattern of the README and the demo: the handler returns, a task streams."""
+    from wsmonitor.testing import span_exporter
+
+    exported = span_exporter()
+
+    class InTask(InstrumentedAsyncJsonWebsocketConsumer):
+        wsmonitor_streams = ("answer",)
+
+        async def connect(self):
+            await self.accept()
+
+        async def receive_json(self, content, **kwargs):
+            self.answering = asyncio.get_running_loop().create_task(self.answer())
+
+        async def answer(self):
+            async with self.stream("answer") as s:
+                for index in range(3):
+                    await asyncio.sleep(0.01)
+                    await s.send({"chunk": index})
+            await self.send_json({"done": True})
+
+    communicator = WebsocketCommunicator(InTask.as_asgi(), "/ws/in-task/")
+    assert (await communicator.connect(timeout=3))[0]
+    await communicator.send_json_to({"prompt": "x"})
+    while "done" not in await communicator.receive_json_from(timeout=3):
+        pass
+    await communicator.disconnect(timeout=3)
+    finished = exported.get_finished_spans()
+    session = {s.attributes.get("websocket.session.id") for s in finished
+               if s.name == "ws.connection"}
+    streamed = [s for s in finished if "wsmonitor.stream.name" in (s.attributes or {})]
+    assert len(streamed) == 1 and len(session) == 1
+    span = streamed[0]
+    assert span.attributes["websocket.session.id"] in session
+    assert span.attributes["wsmonitor.stream.chunks"] == 3
+    assert span.attributes["wsmonitor.stream.outcome"] == "ok"
+    message = next(s for s in finished if s.name == "InTask receive")
+    assert span.context.trace_id == message.context.trace_id  # the message that asked for it
+
+
+def test_streams_on_a_sync_consumer_are_refused_when_the_class_is_defined():
+    import pytest
+    from django.core.exceptions import ImproperlyConfigured
+
+    from wsmonitor import InstrumentedWebsocketConsumer
+
+    with pytest.raises(ImproperlyConfigured, match="does not support sync consumers") as refused:
+        type("SyncStreams", (InstrumentedWebsocketConsumer,), {"wsmonitor_streams": ("answer",)})
+    assert "InstrumentedAsyncWebsocketConsumer" in str(refused.value)  # says what to do

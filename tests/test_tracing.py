@@ -255,6 +255,19 @@ async def test_split_connection_span(spans):
     assert [link.context.span_id for link in close.links] == [connection.context.span_id]
 
 
+async def test_split_connection_span_keeps_an_error_raised_in_disconnect(spans):
+    with override_settings(WSMONITOR={**NODE, "SPLIT_CONNECTION_SPAN": True}):
+        communicator = WebsocketCommunicator(consumers.DisconnectRaises.as_asgi(), "/ws/")
+        assert (await communicator.connect(timeout=3))[0]
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
+        with pytest.raises(RuntimeError, match="disconnect failed"):
+            await communicator.wait(timeout=3)
+    close = only(spans(), "ws.close")
+    assert close.status.status_code == StatusCode.ERROR
+    assert [e.attributes["exception.message"] for e in close.events
+            if e.name == "exception"] == ["disconnect failed"]
+
+
 async def test_rejected_handshake_span(spans):
     communicator = WebsocketCommunicator(consumers.Denied.as_asgi(), "/ws/")
     assert not (await communicator.connect(timeout=3))[0]

@@ -6,17 +6,26 @@ class WSMonitorConfig(AppConfig):
     verbose_name = "WebSocket monitoring"
 
     def ready(self):
-        from . import checks, metrics
+        # The built-in features plug themselves into the lifecycle on import.
+        from . import checks, heartbeat, metrics, reconnect, registry, saturation  # noqa: F401
         from .conf import get_config
-        from .logging import configure
+        from .logging import configure, logger
 
-        if checks.settings_errors():
-            return  # the system checks report it; run with the defaults meanwhile
+        config = get_config()  # the documented defaults while WSMONITOR is invalid
+        if config["LOGS"] and config["CONFIGURE_LOGGING"]:
+            configure()
+        # daphne and uvicorn never run system checks: say it where the server logs.
+        settings_invalid = bool(checks.settings_errors())
+        for problem in checks.startup_problems():
+            log = logger.error if problem.is_serious() else logger.warning
+            log("ws_config_error" if problem.is_serious() else "ws_config_warning",
+                check=problem.id, message=problem.msg, hint=problem.hint)
+        if settings_invalid:
+            logger.error("ws_config_error", check="wsmonitor.E000",
+                         message="WSMONITOR is invalid: wsmonitor runs with its documented "
+                                 "defaults until it is fixed.")
         metrics.set_capacity()
-        config = get_config()
         from . import multiprocess
 
         if multiprocess.directory():  # several processes share PROMETHEUS_MULTIPROC_DIR
             multiprocess.start(config["NODE"])
-        if config["LOGS"] and config["CONFIGURE_LOGGING"]:
-            configure()

@@ -1,5 +1,7 @@
 """wsmonitor settings: one ``WSMONITOR`` dict merged over documented defaults."""
 
+import ipaddress
+import logging
 import socket
 from functools import lru_cache
 
@@ -58,12 +60,126 @@ DEFAULTS = {
 }
 
 
+_BOOLS = ("METRICS", "LOGS", "CONFIGURE_LOGGING", "TRACING", "MESSAGE_SPANS",
+          "SPLIT_CONNECTION_SPAN", "INJECT_TRACEPARENT")
+
+
+def _seconds(value):
+    return type(value) in (int, float) and 0 < value < float("inf")
+
+
+def _close_code_problem(code, meaning):
+    if type(code) is not int:
+        return f"{code!r} is not an int"
+    if not 3000 <= code <= 4999:
+        return f"{code} is not an application close code (3000-4999)"
+    if not isinstance(meaning, str):
+        return f"the meaning of {code} must be a str, not {meaning!r}"
+    return None
+
+
+def validate(user):
+    """The problems of a ``WSMONITOR`` value: ``[(check id, message, hint or None)]``.
+
+    Plain data, so that this module imports nothing of wsmonitor; the system
+    checks (wsmonitor.checks) and the start-up log report the same list.
+    """
+    if user is None:
+        return []
+    if not isinstance(user, dict):
+        return [("wsmonitor.E001", f"WSMONITOR must be a dict, not {type(user).__name__}.", None)]
+    problems = []
+    unknown = sorted(set(user) - set(DEFAULTS), key=str)
+    if unknown:
+        problems.append(("wsmonitor.E002",
+                         f"WSMONITOR has unknown keys: {', '.join(map(str, unknown))}.",
+                         f"Known keys: {', '.join(DEFAULTS)}."))
+    if user.get("LOG_FORMAT", "json") not in ("json", "console"):
+        problems.append(("wsmonitor.E003", 'WSMONITOR["LOG_FORMAT"] must be "json" or "console".',
+                         None))
+    codes = user.get("CLOSE_CODES", {})
+    if not isinstance(codes, dict):
+        problems.append(("wsmonitor.E004", 'WSMONITOR["CLOSE_CODES"] must map application close '
+                         f"codes (int, 3000-4999) to their meaning (str), not {codes!r}.", None))
+    else:
+        for code, meaning in codes.items():
+            problem = _close_code_problem(code, meaning)
+            if problem:
+                problems.append(("wsmonitor.E004", f'WSMONITOR["CLOSE_CODES"] entry {code!r}: '
+                                 f"{problem}.", "Declare application close codes (int, "
+                                 "3000-4999) with their meaning (str)."))
+    node = user.get("NODE")
+    if node is not None and not (isinstance(node, str) and node):
+        problems.append(("wsmonitor.E005", 'WSMONITOR["NODE"] must be a non-empty string or '
+                         "None.", None))
+    capacity = user.get("CAPACITY")
+    if capacity is not None and not (type(capacity) is int and capacity > 0):
+        problems.append(("wsmonitor.E006", 'WSMONITOR["CAPACITY"] must be a positive int or None.',
+                         None))
+    for key in _BOOLS:
+        if not isinstance(user.get(key, True), bool):
+            problems.append(("wsmonitor.E007", f'WSMONITOR["{key}"] must be True or False.', None))
+    level = user.get("LOG_LEVEL", "INFO")
+    if not (isinstance(level, str) and isinstance(logging.getLevelName(level), int)):
+        problems.append(("wsmonitor.E008", 'WSMONITOR["LOG_LEVEL"] must be a logging level name '
+                         'such as "INFO".', None))
+    if user.get("TRACE_MODEL", "message") not in ("message", "connection"):
+        problems.append(("wsmonitor.E009", 'WSMONITOR["TRACE_MODEL"] must be "message" or '
+                         '"connection".', None))
+    field = user.get("TRACEPARENT_FIELD", "traceparent")
+    if not (isinstance(field, str) and field):
+        problems.append(("wsmonitor.E010", 'WSMONITOR["TRACEPARENT_FIELD"] must be a non-empty '
+                         "string.", None))
+    error_codes = user.get("ERROR_CLOSE_CODES", ())
+    if not isinstance(error_codes, (list, tuple, set, frozenset)):
+        problems.append(("wsmonitor.E011", 'WSMONITOR["ERROR_CLOSE_CODES"] must be a list of '
+                         "application close codes (int, 3000-4999).", None))
+    else:
+        for code in error_codes:
+            if not (type(code) is int and 3000 <= code <= 4999):
+                problems.append(("wsmonitor.E011", f'WSMONITOR["ERROR_CLOSE_CODES"] entry {code!r} '
+                                 "is not an application close code (int, 3000-4999).", None))
+    networks = user.get("METRICS_ALLOWED_NETWORKS")
+    if networks is not None:
+        try:
+            if isinstance(networks, str):
+                raise ValueError("a list is needed")
+            for network in networks:
+                ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError) as exc:
+            problems.append(("wsmonitor.E012", 'WSMONITOR["METRICS_ALLOWED_NETWORKS"] must be a '
+                             f'list of networks such as "10.0.0.0/8": {exc}.', None))
+    token = user.get("METRICS_TOKEN")
+    if token is not None and not (isinstance(token, str) and len(token) >= 16):
+        problems.append(("wsmonitor.E013", 'WSMONITOR["METRICS_TOKEN"] must be a string of at '
+                         "least 16 characters, or None.", None))
+    url = user.get("REGISTRY_URL")
+    if url is not None and not (isinstance(url, str)
+                                and url.startswith(("redis://", "rediss://", "unix://"))):
+        problems.append(("wsmonitor.E014", 'WSMONITOR["REGISTRY_URL"] must be None or a redis://, '
+                         "rediss:// or unix:// URL.", None))
+    ttl = user.get("REGISTRY_TTL", 30)
+    if not (type(ttl) in (int, float) and ttl >= 3):
+        problems.append(("wsmonitor.E015", 'WSMONITOR["REGISTRY_TTL"] must be a number of '
+                         "seconds, at least 3.", None))
+    for key, check_id in (("HEARTBEAT_INTERVAL", "wsmonitor.E016"),
+                          ("HEARTBEAT_TIMEOUT", "wsmonitor.E017")):
+        if not _seconds(user.get(key, DEFAULTS[key])):
+            problems.append((check_id, f'WSMONITOR["{key}"] must be a positive number of seconds.',
+                             None))
+    return problems
+
+
 @lru_cache(maxsize=None)
 def get_config():
-    """Return the merged settings; cached until a setting changes."""
+    """Return the merged settings; cached until a setting changes.
+
+    An invalid ``WSMONITOR`` is never merged: the documented defaults apply
+    until it is fixed (the start-up log and ``manage.py check`` say why).
+    """
     user = getattr(settings, "WSMONITOR", None) or {}
     config = dict(DEFAULTS)
-    if isinstance(user, dict):
+    if not validate(user):
         config.update(user)
     if not config["NODE"]:
         config["NODE"] = socket.gethostname()
@@ -74,7 +190,3 @@ def get_config():
 def _reset(*, setting, **kwargs):
     if setting == "WSMONITOR":
         get_config.cache_clear()
-        # Bound metric children and the capacity gauge depend on the node.
-        from . import metrics
-
-        metrics.settings_changed()

@@ -1,4 +1,11 @@
-"""One WebSocket connection's books, kept the same way by the consumer mixin and the middleware."""
+"""One WebSocket connection's books, from handshake to close, whoever runs the application.
+
+The consumer mixin and the middleware create a :class:`Connection` and hand the
+application its counting :meth:`Connection.send`; the connection counts what goes
+in and out, owns the core metrics, logs and the connection span, and calls the
+registered features (:mod:`wsmonitor.features`) when it opens and closes. It
+knows nothing of consumer classes.
+"""
 
 import atexit
 import time
@@ -9,11 +16,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
 
+from . import features as _features
 from . import metrics as _metrics
 from . import tracing
 from .logging import logger
 
-UNSET = object()
+#: ``closed_by`` values: who ended the connection.
+CLOSED_BY = ("client", "server", "heartbeat", "console", "shutdown", "error")
+_NO_OPTIONS = {}
 
 
 def payload_size(message):
@@ -25,45 +35,74 @@ def payload_size(message):
     return len(data) if data is not None else 0
 
 
+def _chain(exc):
+    """``exc`` and the exceptions it was raised while handling."""
+    seen = 0
+    while exc is not None and seen < 16:
+        yield exc
+        exc = exc.__context__
+        seen += 1
+
+
 class Connection:
     """Metrics, logs and the connection span of one socket, from handshake to close.
 
     Exactly one exists per socket: when wsmonitor's middleware wraps an
     instrumented consumer, the consumer adopts the middleware's connection.
+
+    Readable by features and tools: ``session_id``, ``label``, ``scope``, ``kind``
+    ("async", "sync" or "middleware"), ``accepted_at`` (monotonic) and ``opened_at``
+    (wall clock), ``code`` (None while open), the ``messages_*`` and ``bytes_*``
+    counts, ``channel_name`` and ``layer_alias`` (the consumer's channel layer, if
+    any), ``closed_by`` (one of :data:`CLOSED_BY`, set on every path out) and
+    ``closable``.
     """
 
     __slots__ = (
-        "scope", "session_id", "label", "metrics", "logs", "tracer", "span", "config",
-        "asgi_send", "accepted_at", "rejected", "code", "counted_error", "finished", "adopted",
-        "owner", "links", "messages_in", "messages_out", "bytes_in", "bytes_out",
+        "scope", "session_id", "label", "kind", "options", "state", "metrics", "logs", "tracer",
+        "span", "config", "asgi_send", "accepted_at", "opened_at", "rejected", "code",
+        "closed_by", "counted_error", "unrecorded_error", "finished", "adopted", "links",
+        "messages_in", "messages_out", "bytes_in", "bytes_out", "channel_name", "layer_alias",
+        "absorb", "opened_features",
     )
 
-    def __init__(self, scope, label, config, asgi_send, metrics_on, logs_on, tracer):
+    def __init__(self, scope, label, config, asgi_send, metrics_on, logs_on, tracer,
+                 kind="middleware", options=_NO_OPTIONS):
         self.scope = scope
         self.session_id = str(uuid.uuid4())
         self.config = config
         self.asgi_send = asgi_send
         self.tracer = tracer  # None when tracing is off or no provider is installed
         self.span = None  # the ws.connection span
-        self.accepted_at = None
+        self.accepted_at = self.opened_at = None
         self.rejected = None  # the reject reason, once refused
-        self.code = UNSET
+        self.code = None  # the close code, once a close went out or came in
+        self.closed_by = None
         self.counted_error = None  # the exception already counted at its stage
+        self.unrecorded_error = None  # (stage, exc) no live span could take
         self.finished = False
         self.adopted = False
-        self.owner = None  # the instrumented consumer that runs this connection, if any
+        self.channel_name = self.layer_alias = None
+        self.absorb = None  # (message) -> bool, from features that swallow messages
+        self.opened_features = ()
+        self.state = {}  # feature name -> that feature's per-connection state
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
-        self.relabel(label, metrics_on, logs_on)
+        self.relabel(label, metrics_on, logs_on, kind, options)
         self.links = None
         if tracer is not None:
             self.span = tracing.start_connection_span(tracer, scope, self.session_id, label)
             self.links = [Link(self.span.get_span_context())]  # every message span's link
-        _unfinished.add(self)
+        _open.add(self)
 
-    def relabel(self, label, metrics_on, logs_on):
+    def relabel(self, label, metrics_on, logs_on, kind=None, options=None):
+        """Take the identity of the consumer that adopts this connection."""
         self.label = label
         self.metrics = _metrics.bound(label) if metrics_on else None
         self.logs = logs_on
+        if kind is not None:
+            self.kind = kind
+        if options is not None:
+            self.options = options
         if self.span is not None and self.span.is_recording():
             self.span.set_attribute("wsmonitor.consumer", label)
 
@@ -87,7 +126,21 @@ class Connection:
 
     @property
     def closing(self):
-        return self.code is not UNSET
+        """A close went out or came in."""
+        return self.code is not None
+
+    @property
+    def closable(self):
+        """wsmonitor holds this connection's ASGI send and it is still open."""
+        return not self.finished and self.code is None and self.asgi_send is not None
+
+    def add_absorber(self, absorb):
+        """``absorb(message)`` sees each ``websocket.receive`` first; True swallows it."""
+        previous = self.absorb
+        if previous is None:
+            self.absorb = absorb
+        else:
+            self.absorb = lambda message: previous(message) or absorb(message)
 
     def received(self, message):
         """Count a ``websocket.receive``."""
@@ -98,10 +151,15 @@ class Connection:
             self.metrics.observe_size_in(size)  # ws_messages_total is read from its count
 
     def disconnected(self, code):
-        if self.code is UNSET:
-            if isinstance(code, int) and type(code) is not int and not isinstance(code, bool):
+        """A ``websocket.disconnect`` arrived: the client (or its network) ended it."""
+        if self.code is None:
+            if code is None:
+                code = 1005  # a close frame without a status code
+            elif isinstance(code, int) and type(code) is not int and not isinstance(code, bool):
                 code = int(code)  # uvicorn passes websockets' CloseCode (an IntEnum)
             self.code = code
+            if self.closed_by is None:
+                self.closed_by = "client"
 
     async def send(self, message):
         """The ASGI ``send`` the application sees: counts what really goes out."""
@@ -121,14 +179,32 @@ class Connection:
             if self.accepted_at is None and not self.rejected:
                 self.accepted(message)
         elif kind == "websocket.close":
+            if self.closed_by is None:
+                self.closed_by = "server"
             if self.accepted_at is not None:
-                # The code we sent counts, whatever the peer answers; daphne sends 1000 for None.
-                self.disconnected(message.get("code") or 1000)
+                if self.code is None:
+                    # The code we sent counts, whatever the peer answers; daphne sends 1000
+                    # for None.
+                    self.code = message.get("code") or 1000
             elif not self.rejected:
                 self.reject("denied")
 
+    async def close(self, code=1000, by="server"):
+        """Close from the server side through the ASGI send; False if it was closing already.
+
+        Works whatever the consumer kind, from any task on the event loop; the code
+        is counted as sent, which is what the client receives.
+        """
+        if self.finished or self.code is not None:
+            return False
+        self.closed_by = by
+        await self.send({"type": "websocket.close", "code": code})
+        return True
+
     def accepted(self, message):
         self.accepted_at = time.monotonic()
+        self.opened_at = time.time()
+        _accepted.add(self)
         m = self.metrics
         if m is not None:
             m.connects.inc()
@@ -145,8 +221,21 @@ class Connection:
                 "ws_open", consumer=self.label, path=self.scope.get("path"),
                 client=f"{client[0]}:{client[1]}" if client else None, subprotocol=subprotocol,
             )
-        if self.owner is not None:
-            self.owner._wsm_opened()
+        kind = self.kind
+        opened = []
+        for feature in _features.registered():
+            if kind in feature.kinds:
+                opened.append(feature)
+                self._hook(feature, feature.opened)
+        self.opened_features = opened
+
+    def _hook(self, feature, hook):
+        try:
+            hook(self)
+        except Exception as exc:  # a feature never breaks the connection
+            if self.logs:
+                logger.error("ws_feature_error", feature=feature.name, hook=hook.__name__,
+                             exc_info=exc)
 
     def reject(self, reason):
         self.rejected = reason
@@ -157,8 +246,14 @@ class Connection:
                         reason=reason)
 
     def error(self, stage, exc, span=None):
-        """Count an exception once, at the innermost stage that saw it."""
-        if exc is self.counted_error:
+        """Count an exception once, at the innermost stage that saw it.
+
+        An exception raised while unwinding from one already counted (channels
+        cancels the layer's receive task after a handler failed, and a dead
+        Redis fails that too) is the same failure: not counted again.
+        """
+        counted = self.counted_error
+        if counted is not None and any(e is counted for e in _chain(exc)):
             return
         self.counted_error = exc
         if self.metrics is not None:
@@ -167,6 +262,8 @@ class Connection:
         if span.is_recording():
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__} in {stage}"))
+        elif self.span is not None:
+            self.unrecorded_error = (stage, exc)  # the close span takes it
         if self.logs:
             logger.error("ws_error", stage=stage, exc_info=exc)
 
@@ -175,22 +272,30 @@ class Connection:
         if self.finished:
             return
         self.finished = True
-        _unfinished.discard(self)
-        if self.owner is not None:
-            self.owner._wsm_closed()
+        _open.discard(self)
+        _accepted.discard(self)
         if self.accepted_at is None:
             if not self.rejected:
                 self.reject(reject_reason or ("error" if crashed else "abandoned"))
+            if self.closed_by is None:
+                self.closed_by = {"error": "error", "abandoned": "client"}.get(
+                    self.rejected, "server")
             if self.span is not None:
                 tracing.end_connection_span(self.span, None, self, (), self.rejected)
             return
         code = self.code
-        if code is UNSET:
+        if code is None:
             # daphne answers an application exception with 1011; a cancelled
             # task (shutdown) ends the TCP connection without a close frame.
-            code = 1011 if crashed else 1006
-        elif code is None:
-            code = 1005  # a close frame without a status code
+            code = self.code = 1011 if crashed else 1006
+            if self.closed_by is None:
+                self.closed_by = "error" if crashed else "shutdown"
+        if shutdown:
+            self.closed_by = "shutdown"
+        elif self.closed_by is None:
+            self.closed_by = "error" if crashed else "client"
+        for feature in self.opened_features:
+            self._hook(feature, feature.closed)
         duration = time.monotonic() - self.accepted_at
         m = self.metrics
         if m is not None:
@@ -201,20 +306,33 @@ class Connection:
             span = self.span
             if self.config["SPLIT_CONNECTION_SPAN"]:
                 span = tracing.start_close_span(self.tracer, span, self.session_id)
-            if shutdown and span.is_recording():
-                span.set_attribute("websocket.close.reason", "server_shutdown")
+            if span.is_recording():
+                if shutdown:
+                    span.set_attribute("websocket.close.reason", "server_shutdown")
+                span.set_attribute("wsmonitor.closed_by", self.closed_by)
+                if self.unrecorded_error is not None:
+                    stage, exc = self.unrecorded_error
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__} in {stage}"))
             tracing.end_connection_span(span, code, self, self.config["ERROR_CLOSE_CODES"])
         if self.logs:
             extra = {"reason": "server_shutdown"} if shutdown else {}
             logger.info(
-                "ws_close", code=code, duration=round(duration, 6),
+                "ws_close", code=code, closed_by=self.closed_by, duration=round(duration, 6),
                 messages_in=self.messages_in, messages_out=self.messages_out,
                 bytes_in=self.bytes_in, bytes_out=self.bytes_out, **extra,
             )
 
 
-#: Connections not finished yet, for :func:`_finish_at_exit`.
-_unfinished = set()
+#: Connections of this process not finished yet, accepted or not (for the exit hook).
+_open = set()
+#: The accepted ones: what :func:`open_connections` returns.
+_accepted = set()
+
+
+def open_connections():
+    """The live set of this process's accepted, unfinished connections (read it, don't keep it)."""
+    return _accepted
 
 
 @atexit.register
@@ -226,7 +344,7 @@ def _finish_at_exit():
     stops with the tasks pending: no finally block runs. What the process
     leaves unrecorded here is lost for good.
     """
-    for conn in list(_unfinished):
+    for conn in list(_open):
         entered = conn.enter()
         try:
             conn.finish(shutdown=True)

@@ -2,33 +2,39 @@
 
 Instrumentation sits at the ASGI level (``__call__``, ``dispatch`` and the
 ``send`` callable handed to channels), so subclasses write plain channels code
-and never need to call ``super()`` in their hooks.
+and never need to call ``super()`` in their hooks. The books are kept by a
+:class:`~wsmonitor.connection.Connection`; the ``wsmonitor_*`` class attributes
+are checked when the class is defined.
 """
 
 import asyncio
 import time
 
+from asgiref.sync import async_to_sync
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import (
     AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer, JsonWebsocketConsumer, WebsocketConsumer,
 )
+from django.core.exceptions import ImproperlyConfigured
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from . import features
 from . import layers as _layers
-from . import metrics as _metrics
-from . import registry as _registry
-from . import saturation as _saturation
 from . import tracing
 from .conf import get_config
 from .connection import Connection
-from .heartbeat import HeartbeatMixin, reported_reconnect_attempts
+from .heartbeat import HeartbeatMixin
+from .logging import logger
+from .registry import valid_close_code
 from .streaming import StreamingMixin
 
 _STAGES = {"websocket.connect": "connect", "websocket.receive": "receive",
            "websocket.disconnect": "disconnect"}
 ENVELOPE_KEY = _layers.ENVELOPE_KEY  # channel-layer events: wsmonitor's own data
+_received_from_layer = _layers.received
+_SWITCHES = ("wsmonitor_metrics", "wsmonitor_logs", "wsmonitor_tracing")
 
 
 def _switch(consumer_value, setting):
@@ -46,38 +52,73 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
     wsmonitor_tracing = None
 
     _wsm = None
+    _wsm_kind = "async"
+    _wsm_options = {}
+    _wsm_generation = -1
     session_id = None
+
+    def __init_subclass__(cls, **kwargs):
+        """Check the ``wsmonitor_*`` attributes now, not when a socket is already open."""
+        super().__init_subclass__(**kwargs)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        label = cls.wsmonitor_label
+        if label is not None and not (isinstance(label, str) and label):
+            raise ImproperlyConfigured(f"{name}.wsmonitor_label must be a non-empty string or "
+                                       f"None (the class name), not {label!r}.")
+        for attr in _SWITCHES:
+            if getattr(cls, attr) not in (None, True, False):
+                raise ImproperlyConfigured(f"{name}.{attr} must be True, False or None (follow "
+                                           f"WSMONITOR), not {getattr(cls, attr)!r}.")
+        cls._wsm_kind = "sync" if getattr(cls, "_sync", False) else "async"
+        cls._wsm_options = features.class_options(cls, cls._wsm_kind)
+        cls._wsm_generation = features.generation
+
+    @classmethod
+    def _wsm_current_options(cls):
+        """The class's feature options, refreshed when features were (un)registered since."""
+        if cls._wsm_generation != features.generation:
+            cls._wsm_generation = features.generation
+            try:
+                cls._wsm_options = features.class_options(cls, cls._wsm_kind)
+            except ImproperlyConfigured as exc:
+                # Reported by the system check and at start-up; never break a connection.
+                logger.error("ws_feature_refused", error=str(exc))
+        return cls._wsm_options
 
     async def __call__(self, scope, receive, send):
         config = get_config()
+        cls = type(self)
         metrics_on = _switch(self.wsmonitor_metrics, config["METRICS"])
         logs_on = _switch(self.wsmonitor_logs, config["LOGS"])
-        label = self.wsmonitor_label or type(self).__name__
+        label = self.wsmonitor_label or cls.__name__
+        options = cls._wsm_current_options()
         shared = scope.get("wsmonitor")
         conn = shared.get("connection") if shared else None
         if conn is not None and not conn.adopted:
             # wsmonitor's middleware runs outside: adopt its connection, so each
             # socket is counted once, under this consumer's label.
             conn.adopted = True
-            conn.relabel(label, metrics_on, logs_on)
+            conn.relabel(label, metrics_on, logs_on, cls._wsm_kind, options)
             asgi_send = send  # already the connection's counting send
         else:
             tracer = (tracing.get_tracer() if _switch(self.wsmonitor_tracing, config["TRACING"])
                       else None)
             if not (metrics_on or logs_on or tracer):
                 return await super().__call__(scope, receive, send)
-            conn = Connection(scope, label, config, send, metrics_on, logs_on, tracer)
+            conn = Connection(scope, label, config, send, metrics_on, logs_on, tracer,
+                              cls._wsm_kind, options)
             scope.setdefault("wsmonitor", {})["connection"] = conn
             asgi_send = conn.send
         scope["wsmonitor"]["session_id"] = self.session_id = conn.session_id
         self._wsm = conn
-        conn.owner = self
         crashed = None
         entered = conn.enter()
         try:
             await super().__call__(scope, receive, asgi_send)
         except asyncio.CancelledError:
-            raise  # server shutdown: daphne cancels without a close frame
+            if conn.closed_by is None:
+                conn.closed_by = "shutdown"  # daphne cancels without a close frame
+            raise
         except BaseException as exc:
             crashed = exc
             # Counted already at its stage, or raised outside any handler:
@@ -85,36 +126,46 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             conn.error("layer", exc)
             raise
         finally:
-            self._wsm_ended()
             conn.finish(crashed)
             conn.leave(entered)
 
     async def dispatch(self, message):
         conn = self._wsm
-        envelope = None
-        if ENVELOPE_KEY in message:
-            # Channel-layer envelope (wsmonitor.layers): delivery time and trace context,
-            # then out of the handlers' way.
-            envelope, message = _layers.received(message, conn)
-        if conn is None:
-            return await super().dispatch(message)
-        started = span = None
         kind = message["type"]
+        envelope = started = span = None
         if kind == "websocket.receive":  # the hot path: kept to a few calls
+            if conn is None:
+                return await super().dispatch(message)
             stage = "receive"
-            heartbeat = self._wsm_heartbeat
-            if heartbeat is not None and heartbeat.absorb(message):
+            absorb = conn.absorb
+            if absorb is not None and absorb(message):
                 return  # a heartbeat pong: not the application's, not a counted message
             conn.received(message)
             if conn.tracer is not None:
-                span = self._wsm_handler_span(conn, stage, message, envelope)
+                span = self._wsm_handler_span(conn, stage, message)
             if conn.metrics is not None:
                 started = time.perf_counter()
-        else:
+        elif kind.startswith("websocket."):
+            if conn is None:
+                return await super().dispatch(message)
             stage = _STAGES.get(kind, "handler")
             if stage == "disconnect":
                 conn.disconnected(message.get("code"))
-            elif stage == "handler" and conn.tracer is not None:
+            elif stage == "connect":
+                conn.channel_name = getattr(self, "channel_name", None)
+                if getattr(self, "channel_layer", None) is not None:
+                    conn.layer_alias = self.channel_layer_alias
+        else:
+            # A channel-layer event: wsmonitor.layers takes its envelope (delivery time,
+            # trace context) out of the handlers' way.
+            try:
+                envelope, message = _received_from_layer(message, conn)
+            except KeyError:  # an event sent through a layer that adds no envelope
+                envelope = None
+            if conn is None:
+                return await super().dispatch(message)
+            stage = "handler"
+            if conn.tracer is not None:
                 span = self._wsm_handler_span(conn, stage, message, envelope)
         token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
         try:
@@ -154,38 +205,14 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
         return tracing.start_handler_span(conn.tracer, name, parent, conn.span,
                                           conn.session_id, kind, new_trace, conn.links)
 
-    # --- Heartbeat, reconnect reports, saturation sampler (issue 5) ----------------
-    _wsm_sampling = False
-
-    def _wsm_opened(self):
-        """The accept went out: start what lives as long as the connection."""
-        conn = self._wsm
-        _registry.opened(self)  # session registry (wsmonitor.registry), when configured
-        _saturation.acquire()
-        self._wsm_sampling = True
-        attempts = reported_reconnect_attempts(self.scope)
-        if attempts is not None and conn.metrics is not None:
-            _metrics.count_reconnect(conn.metrics.consumer, attempts)
-        self._wsm_heartbeat_start(conn.asgi_send, conn.metrics, conn.logs,
-                                  closed=lambda: conn.closing)
-
-    def _wsm_ended(self):
-        """Every path out of ``__call__``: stop the heartbeat task and release the sampler."""
-        self._wsm_heartbeat_stop()
-        if self._wsm_sampling:
-            self._wsm_sampling = False
-            _saturation.release()
-    # --- end of issue 5 block -------------------------------------------------------
-
     async def wsmonitor_close(self, event):
         """Close this connection on request (``manage.py wsmonitor_sessions close``)."""
         code = event.get("code", 1000)
-        if event.get("session_id") == self.session_id and _registry.valid_close_code(code):
-            await self.close(code=code)
-
-    def _wsm_closed(self):
-        if self._wsm.accepted_at is not None:
-            _registry.closed(self)
+        if event.get("session_id") == self.session_id and valid_close_code(code):
+            if self._wsm is not None:
+                await self._wsm.close(code, by="console")
+            else:
+                await self.close(code=code)
 
 
 def _with_traceparent(conn, content):
@@ -214,8 +241,11 @@ class _SyncCloseHandler:
 
     def wsmonitor_close(self, event):
         code = event.get("code", 1000)
-        if event.get("session_id") == self.session_id and _registry.valid_close_code(code):
-            self.close(code=code)
+        if event.get("session_id") == self.session_id and valid_close_code(code):
+            if self._wsm is not None:
+                async_to_sync(self._wsm.close)(code, by="console")
+            else:
+                self.close(code=code)
 
 
 class InstrumentedWebsocketConsumer(_SyncCloseHandler, InstrumentedMixin, WebsocketConsumer):

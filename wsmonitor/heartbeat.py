@@ -20,42 +20,80 @@ import asyncio
 import json
 import time
 from collections import deque
-from urllib.parse import parse_qsl
 
 from django.core.exceptions import ImproperlyConfigured
+from prometheus_client import Counter, Histogram
 
+from . import features
 from . import metrics as _metrics
 from . import tracing
-from .conf import get_config
 from .logging import logger
+from .reconnect import RECONNECT_PARAM, reported_reconnect_attempts  # noqa: F401 - moved there
 
 PING_TYPE = "wsmonitor.ping"
 PONG_TYPE = "wsmonitor.pong"
-#: Query parameter wsmonitor.js sets on a reconnect: how many attempts it took.
-RECONNECT_PARAM = "reconnect"
+#: Close code sent to a client that stopped answering heartbeats.
+HEARTBEAT_TIMEOUT_CODE = 4408
 #: Longest text frame inspected as a possible pong; longer ones go to the application untouched.
 MAX_PONG_LENGTH = 128
 #: Unanswered pings remembered per connection (for RTT); older ones only count for liveness.
 MAX_PENDING = 16
 
+HEARTBEAT_RTT = Histogram(
+    "ws_heartbeat_rtt_seconds",
+    "Application heartbeat round trip: ping sent by the consumer to pong dispatched to it.",
+    _metrics.LABELS, buckets=(0.005, 0.025, 0.1, 0.25, 1, 2.5, 5, 10),
+)
+HEARTBEAT_PINGS = Counter("ws_heartbeat_pings", "Application heartbeat pings sent.",
+                          _metrics.LABELS)
+HEARTBEAT_TIMEOUTS = Counter(
+    "ws_heartbeat_timeouts",
+    "Connections closed with 4408 because heartbeats went unanswered past the timeout.",
+    _metrics.LABELS,
+)
+_metrics.reserve_close_code(HEARTBEAT_TIMEOUT_CODE)
+
+
+class BoundHeartbeat:
+    """The heartbeat children of one consumer label."""
+
+    __slots__ = ("rtt", "pings", "timeouts")
+
+    def __init__(self, consumer, node):
+        self.rtt = HEARTBEAT_RTT.labels(consumer, node)
+        self.pings = HEARTBEAT_PINGS.labels(consumer, node)
+        self.timeouts = HEARTBEAT_TIMEOUTS.labels(consumer, node)
+        # starts at 0, like 1006
+        _metrics.CLOSES.labels(consumer, node, str(HEARTBEAT_TIMEOUT_CODE))
+
+
+_bound = _metrics.cache()
+
+
+def bound_heartbeat(consumer, node):
+    try:
+        return _bound[consumer, node]
+    except KeyError:
+        _bound[consumer, node] = result = BoundHeartbeat(consumer, node)
+        return result
+
 
 class Heartbeat:
     """The heartbeat of one connection: a task sending pings, and the pongs it has seen."""
 
-    def __init__(self, send, interval, timeout, required, frames, metrics, logs, closed, close):
-        self.send = send  # the raw ASGI send: pings are not application messages
+    def __init__(self, conn, interval, timeout, required, frames, metrics):
+        self.conn = conn
+        self.send = conn.asgi_send  # the raw ASGI send: pings are not application messages
         self.interval, self.timeout, self.required = interval, timeout, required
         self.ping_prefix, self.pong_prefix = frames or (None, None)
         self.metrics = metrics  # BoundHeartbeat or None
-        self.logs = logs
-        self.closed = closed  # () -> bool: a close went out or came in
-        self.close = close  # async (code) -> None
+        self.logs = conn.logs
         self.seq = 0
         self.pending = deque()  # (id, monotonic time sent), oldest first
         self.unanswered_since = None  # when the oldest unanswered ping went out
         self.answered = 0
         self.last_answered = 0  # id of the newest ping answered
-        self.peer = None  # the client (host, port), for the send backlog in the timeout log
+        self.peer = conn.scope.get("client")  # for the send backlog in the timeout log
         self.task = None
 
     def start(self):
@@ -63,7 +101,10 @@ class Heartbeat:
 
     def stop(self):
         if self.task is not None and not self.task.done():
-            self.task.cancel()
+            try:
+                self.task.cancel()
+            except RuntimeError:  # at exit, the loop is closed: the task dies with it
+                pass
 
     @property
     def enforcing(self):
@@ -78,7 +119,7 @@ class Heartbeat:
                 if self.enforcing and self.unanswered_since is not None:
                     wake = min(wake, self.unanswered_since + self.timeout)
                 await asyncio.sleep(max(0.0, wake - time.monotonic()))
-                if self.closed():
+                if self.conn.closing:
                     return
                 now = time.monotonic()
                 if (self.enforcing and self.unanswered_since is not None
@@ -116,12 +157,13 @@ class Heartbeat:
             from .saturation import connection_backlog
 
             logger.warning(
-                "ws_heartbeat_timeout", code=_metrics.HEARTBEAT_TIMEOUT_CODE,
+                "ws_heartbeat_timeout", code=HEARTBEAT_TIMEOUT_CODE,
                 unanswered_for=round(now - self.unanswered_since, 3),
                 pings_unanswered=self.seq - self.last_answered,
                 pongs=self.answered, send_backlog_bytes=connection_backlog(self.peer),
             )
-        await self.close(_metrics.HEARTBEAT_TIMEOUT_CODE)
+        # Through the ASGI send on this loop: works for sync consumers too.
+        await self.conn.close(HEARTBEAT_TIMEOUT_CODE, by="heartbeat")
 
     def absorb(self, message):
         """If ``message`` is a pong, record it and return True: it must not reach the application."""
@@ -169,7 +211,7 @@ class Heartbeat:
 
 
 class HeartbeatMixin:
-    """Class attributes that switch the heartbeat on for a consumer, and its start and stop."""
+    """Class attributes that switch the heartbeat on for a consumer (checked at class definition)."""
 
     #: Seconds between pings; True uses ``WSMONITOR["HEARTBEAT_INTERVAL"]``; None/False: off.
     wsmonitor_heartbeat = None
@@ -180,46 +222,68 @@ class HeartbeatMixin:
     #: ``(ping_prefix, pong_prefix)`` for text frames like ``ping:7``; None: JSON messages.
     wsmonitor_heartbeat_frames = None
 
-    _wsm_heartbeat = None
 
-    def _wsm_heartbeat_start(self, send, metrics, logs, closed):
-        interval = self.wsmonitor_heartbeat
+def _seconds(value):
+    return type(value) in (int, float) and 0 < value < float("inf")
+
+
+class HeartbeatFeature(features.Feature):
+    """Pings, pongs and the zombie close of consumers that set ``wsmonitor_heartbeat``."""
+
+    name = "heartbeat"
+    kinds = frozenset({"async", "sync"})
+
+    def options(self, cls):
+        interval = getattr(cls, "wsmonitor_heartbeat", None)
         if interval is None or interval is False:
+            return None
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        timeout = getattr(cls, "wsmonitor_heartbeat_timeout", None)
+        if interval is not True and not _seconds(interval):
+            raise ImproperlyConfigured(
+                f"{name}.wsmonitor_heartbeat must be a positive number of seconds, True for "
+                f'WSMONITOR["HEARTBEAT_INTERVAL"], or None to switch it off; not {interval!r}.')
+        if timeout is not None and not _seconds(timeout):
+            raise ImproperlyConfigured(
+                f"{name}.wsmonitor_heartbeat_timeout must be a positive number of seconds, or "
+                f'None for WSMONITOR["HEARTBEAT_TIMEOUT"]; not {timeout!r}.')
+        required = getattr(cls, "wsmonitor_heartbeat_required", False)
+        if not isinstance(required, bool):
+            raise ImproperlyConfigured(
+                f"{name}.wsmonitor_heartbeat_required must be True or False, not {required!r}.")
+        frames = getattr(cls, "wsmonitor_heartbeat_frames", None)
+        if frames is not None:
+            if not (isinstance(frames, (tuple, list)) and len(frames) == 2
+                    and all(isinstance(f, str) and f for f in frames) and frames[0] != frames[1]):
+                raise ImproperlyConfigured(
+                    f"{name}.wsmonitor_heartbeat_frames must be two different non-empty "
+                    f'strings (ping prefix, pong prefix) such as ("ping:", "pong:"), or None, '
+                    f"not {frames!r}.")
+            frames = tuple(frames)
+        return interval, timeout, required, frames
+
+    def opened(self, conn):
+        opts = conn.options.get("heartbeat")
+        if opts is None:
             return
-        config = get_config()
+        interval, timeout, required, frames = opts
+        config = conn.config
         if interval is True:
             interval = config["HEARTBEAT_INTERVAL"]
-        timeout = self.wsmonitor_heartbeat_timeout or config["HEARTBEAT_TIMEOUT"]
-        for name, value in (("wsmonitor_heartbeat", interval),
-                            ("wsmonitor_heartbeat_timeout", timeout)):
-            if not (type(value) in (int, float) and 0 < value < float("inf")):
-                raise ImproperlyConfigured(
-                    f"{type(self).__name__}.{name} must be a positive number of seconds "
-                    f"(or True for the WSMONITOR default), not {value!r}.")
-        label = self.wsmonitor_label or type(self).__name__
-        self._wsm_heartbeat = heartbeat = Heartbeat(
-            send, interval, timeout, self.wsmonitor_heartbeat_required,
-            self.wsmonitor_heartbeat_frames,
-            _metrics.bound_heartbeat(label) if metrics is not None else None,
-            logs, closed, self._wsm_heartbeat_close,
-        )
-        heartbeat.peer = self.scope.get("client")
+        if timeout is None:
+            timeout = config["HEARTBEAT_TIMEOUT"]
+        metrics = conn.metrics
+        heartbeat = Heartbeat(
+            conn, interval, timeout, required, frames,
+            bound_heartbeat(metrics.consumer, metrics.node) if metrics is not None else None)
+        conn.state["heartbeat"] = heartbeat
+        conn.add_absorber(heartbeat.absorb)
         heartbeat.start()
 
-    async def _wsm_heartbeat_close(self, code):
-        await self.close(code=code)
-
-    def _wsm_heartbeat_stop(self):
-        if self._wsm_heartbeat is not None:
-            self._wsm_heartbeat.stop()
+    def closed(self, conn):
+        heartbeat = conn.state.get("heartbeat")
+        if heartbeat is not None:
+            heartbeat.stop()
 
 
-def reported_reconnect_attempts(scope):
-    """The attempt count a client put in the ``reconnect`` query parameter, or None."""
-    query = scope.get("query_string") or b""
-    if RECONNECT_PARAM.encode() not in query:
-        return None
-    for key, value in parse_qsl(query.decode("latin-1")):
-        if key == RECONNECT_PARAM:
-            return int(value) if value.isdigit() and len(value) <= 6 and int(value) > 0 else None
-    return None
+features.register(HeartbeatFeature())

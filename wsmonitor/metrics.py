@@ -6,6 +6,9 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
 from .conf import get_config
 
 LABELS = ("consumer", "node")
@@ -176,7 +179,25 @@ class BoundMetrics:
         ERRORS.labels(self.consumer, self.node, stage).inc()
 
 
+#: Application close codes wsmonitor itself sends (features add theirs with
+#: :func:`reserve_close_code`); always exported as themselves.
+RESERVED_CLOSE_CODES = set()
+
+
+def reserve_close_code(code):
+    RESERVED_CLOSE_CODES.add(code)
+    _bound.clear()
+
+
 _bound = {}
+_caches = [_bound]
+
+
+def cache():
+    """A dict for a feature's labelled children; emptied when ``WSMONITOR`` changes."""
+    children = {}
+    _caches.append(children)
+    return children
 
 
 def bound(consumer):
@@ -191,8 +212,15 @@ def bound(consumer):
 
 
 def settings_changed():
-    _bound.clear()
+    for children in _caches:
+        children.clear()
     set_capacity()
+
+
+@receiver(setting_changed)
+def _reset(*, setting, **kwargs):
+    if setting == "WSMONITOR":
+        settings_changed()  # bound children and the capacity gauge depend on the node
 
 
 def set_capacity():
@@ -297,130 +325,26 @@ PROCESS_START = Gauge(
     "a pid label and leaves with its process.",
     ("node",), multiprocess_mode="liveall",
 )
-# --- Heartbeat, saturation, streaming and client reports (wsmonitor.heartbeat,
-# wsmonitor.saturation, wsmonitor.streaming) -------------------------------------
-
-#: Close code wsmonitor sends to a client that stopped answering heartbeats.
-HEARTBEAT_TIMEOUT_CODE = 4408
-#: Application close codes wsmonitor itself sends; always exported as themselves.
-RESERVED_CLOSE_CODES = frozenset({HEARTBEAT_TIMEOUT_CODE})
-
-HEARTBEAT_RTT = Histogram(
-    "ws_heartbeat_rtt_seconds",
-    "Application heartbeat round trip: ping sent by the consumer to pong dispatched to it.",
-    LABELS, buckets=(0.005, 0.025, 0.1, 0.25, 1, 2.5, 5, 10),
-)
-HEARTBEAT_PINGS = Counter("ws_heartbeat_pings", "Application heartbeat pings sent.", LABELS)
-HEARTBEAT_TIMEOUTS = Counter(
-    "ws_heartbeat_timeouts",
-    "Connections closed with 4408 because heartbeats went unanswered past the timeout.",
-    LABELS,
-)
-CLIENT_RECONNECTS = Counter(
-    "ws_client_reconnects",
-    "Connections that clients reported as reconnects, by attempts it took (wsmonitor.js).",
-    LABELS + ("attempts",),
-)
-RECONNECT_ATTEMPTS = ("1", "2", "3-5", "6-10", "11+")
-
-LOOP_LAG = Histogram(
-    "ws_event_loop_lag_seconds",
-    "How late the serving process's event loop woke a sleeping sampler task.",
-    ("node",),
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-SEND_BACKLOG_BYTES = Gauge(
-    "ws_send_backlog_bytes",
-    "Bytes the application has sent that wait in the server's user-space write buffers "
-    "(daphne/Twisted) because the kernel socket buffer is full.",
-    ("node",), multiprocess_mode="livesum",
-)
-SEND_BACKLOG_CONNECTIONS = Gauge(
-    "ws_send_backlog_connections",
-    "WebSocket connections with data waiting in the server's user-space write buffers.",
-    ("node",), multiprocess_mode="livesum",
-)
-LAYER_BACKLOG = Gauge(
-    "ws_channel_layer_backlog_messages",
-    "Messages waiting for this process in a channel layer (where the layer can tell).",
-    ("node", "alias"), multiprocess_mode="livesum",
-)
-
-STREAM_FIRST_CHUNK = Histogram(
-    "ws_stream_first_chunk_seconds", "Time from the start of a stream to its first chunk.",
-    LABELS + ("stream",), buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
-STREAM_CHUNK_INTERVAL = Histogram(
-    "ws_stream_chunk_interval_seconds", "Time between consecutive chunks of a stream.",
-    LABELS + ("stream",), buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
-STREAM_CHUNKS = Histogram(
-    "ws_stream_chunks", "Chunks sent by one stream.",
-    LABELS + ("stream",), buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
-)
-STREAM_DURATION = Histogram(
-    "ws_stream_duration_seconds", "Lifetime of a stream, start to end.",
-    LABELS + ("stream",), buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-)
-STREAMS = Counter(
-    "ws_streams", "Streams ended, by outcome (ok, error: the block raised, cancelled).",
-    LABELS + ("stream", "outcome"),
-)
-STREAM_OUTCOMES = ("ok", "error", "cancelled")
+# --- Instruments that moved to the feature owning them -----------------------------------
+_MOVED = {
+    "HEARTBEAT_TIMEOUT_CODE": "heartbeat", "HEARTBEAT_RTT": "heartbeat",
+    "HEARTBEAT_PINGS": "heartbeat", "HEARTBEAT_TIMEOUTS": "heartbeat",
+    "BoundHeartbeat": "heartbeat", "bound_heartbeat": "heartbeat",
+    "LOOP_LAG": "saturation", "SEND_BACKLOG_BYTES": "saturation",
+    "SEND_BACKLOG_CONNECTIONS": "saturation", "LAYER_BACKLOG": "saturation",
+    "STREAM_FIRST_CHUNK": "streaming", "STREAM_CHUNK_INTERVAL": "streaming",
+    "STREAM_CHUNKS": "streaming", "STREAM_DURATION": "streaming", "STREAMS": "streaming",
+    "STREAM_OUTCOMES": "streaming", "BoundStream": "streaming", "bound_stream": "streaming",
+    "CLIENT_RECONNECTS": "reconnect", "RECONNECT_ATTEMPTS": "reconnect",
+    "reconnect_attempts_label": "reconnect", "count_reconnect": "reconnect",
+}
 
 
-def reconnect_attempts_label(attempts):
-    """Fold a client's reported attempt count into the bounded ``attempts`` label."""
-    if attempts <= 2:
-        return str(attempts)
-    if attempts <= 5:
-        return "3-5"
-    return "6-10" if attempts <= 10 else "11+"
+def __getattr__(name):
+    # Older imports of feature instruments from here keep working.
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsmonitor.metrics' has no attribute {name!r}")
+    import importlib
 
-
-class BoundHeartbeat:
-    """The heartbeat children of one consumer label."""
-
-    __slots__ = ("rtt", "pings", "timeouts")
-
-    def __init__(self, consumer, node):
-        self.rtt = HEARTBEAT_RTT.labels(consumer, node)
-        self.pings = HEARTBEAT_PINGS.labels(consumer, node)
-        self.timeouts = HEARTBEAT_TIMEOUTS.labels(consumer, node)
-        CLOSES.labels(consumer, node, str(HEARTBEAT_TIMEOUT_CODE))  # starts at 0, like 1006
-
-
-class BoundStream:
-    """The stream children of one (consumer, stream name) pair."""
-
-    __slots__ = ("first_chunk", "interval", "chunks", "duration", "outcomes")
-
-    def __init__(self, consumer, node, stream):
-        labels = (consumer, node, stream)
-        self.first_chunk = STREAM_FIRST_CHUNK.labels(*labels)
-        self.interval = STREAM_CHUNK_INTERVAL.labels(*labels)
-        self.chunks = STREAM_CHUNKS.labels(*labels)
-        self.duration = STREAM_DURATION.labels(*labels)
-        self.outcomes = {outcome: STREAMS.labels(*labels, outcome) for outcome in STREAM_OUTCOMES}
-
-
-def _cached(key, factory):
-    # Shares ``_bound``, so ``settings_changed`` clears these too.
-    try:
-        return _bound[key]
-    except KeyError:
-        _bound[key] = result = factory(get_config()["NODE"])
-        return result
-
-
-def bound_heartbeat(consumer):
-    return _cached(("heartbeat", consumer), lambda node: BoundHeartbeat(consumer, node))
-
-
-def bound_stream(consumer, stream):
-    return _cached(("stream", consumer, stream), lambda node: BoundStream(consumer, node, stream))
-
-
-def count_reconnect(consumer, attempts):
-    CLIENT_RECONNECTS.labels(consumer, get_config()["NODE"],
-                             reconnect_attempts_label(attempts)).inc()
+    return getattr(importlib.import_module(f"wsmonitor.{module}"), name)

@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 
+from . import features
 from .conf import get_config
 from .logging import logger
 
@@ -33,21 +34,20 @@ class ProcessRegistry:
         self.loop = self.task = self.wake = None
         self.full = True  # rewrite the whole hash at the next flush
 
-    def opened(self, consumer):
-        session_id = consumer.session_id
+    def opened(self, conn):
+        session_id = conn.session_id
         entry = json.dumps({
             "session_id": session_id, "node": self.node, "pid": os.getpid(),
-            "consumer": consumer.wsmonitor_label or type(consumer).__name__,
-            "path": consumer.scope.get("path"), "opened_at": time.time(),
-            "layer": getattr(consumer, "channel_layer_alias", None),
-            "channel": getattr(consumer, "channel_name", None),
+            "consumer": conn.label, "path": conn.scope.get("path"),
+            "opened_at": conn.opened_at or time.time(),
+            "layer": conn.layer_alias, "channel": conn.channel_name,
         })
         self.sessions[session_id] = self.pending[session_id] = entry
         self._kick()
 
-    def closed(self, consumer):
-        if self.sessions.pop(consumer.session_id, None) is not None:
-            self.pending[consumer.session_id] = None
+    def closed(self, conn):
+        if self.sessions.pop(conn.session_id, None) is not None:
+            self.pending[conn.session_id] = None
             self._kick()
 
     def _kick(self):
@@ -143,16 +143,25 @@ def get_registry():
     return current
 
 
-def opened(consumer):
-    registry = get_registry()
-    if registry is not None:
-        registry.opened(consumer)
+class RegistryFeature(features.Feature):
+    """Mirrors this process's open sessions into Redis when ``REGISTRY_URL`` is set."""
+
+    name = "registry"
+    kinds = frozenset({"async", "sync"})
+
+    def opened(self, conn):
+        registry = get_registry()
+        if registry is not None:
+            registry.opened(conn)
+            conn.state["registry"] = registry
+
+    def closed(self, conn):
+        registry = conn.state.pop("registry", None)
+        if registry is not None:
+            registry.closed(conn)
 
 
-def closed(consumer):
-    registry = get_registry()
-    if registry is not None:
-        registry.closed(consumer)
+features.register(RegistryFeature())
 
 
 # --- Reading the registry (management command, staff view); synchronous --------------------

@@ -10,7 +10,9 @@ a process with no WebSocket connections runs nothing. Each tick it records:
   bytes that the application has "sent" (daphne's ``send`` returns at once) but
   that wait in Twisted's unbounded user-space write buffers because the kernel
   socket buffer is full: the server-side twin of a browser's ``bufferedAmount``.
-  A client that stops reading makes them grow. Outside Twisted they stay absent.
+  A client that stops reading makes them grow. Where they cannot be measured
+  (uvicorn, hypercorn: no Twisted reactor) the series are never created, so they
+  are absent rather than a 0 that looks healthy.
 * ``ws_channel_layer_backlog_messages``: messages waiting for this process in each
   channel layer it has instantiated, where the layer can tell: channels_redis's
   RedisChannelLayer (ZCARD of the process's one Redis key, plus what it already
@@ -23,11 +25,36 @@ a process with no WebSocket connections runs nothing. Each tick it records:
 import asyncio
 import sys
 
-from . import metrics as _metrics
+from prometheus_client import Gauge, Histogram
+
+from . import features
 from .conf import get_config
 
 #: Seconds between samples.
 SAMPLE_INTERVAL = 0.5
+
+LOOP_LAG = Histogram(
+    "ws_event_loop_lag_seconds",
+    "How late the serving process's event loop woke a sleeping sampler task.",
+    ("node",),
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SEND_BACKLOG_BYTES = Gauge(
+    "ws_send_backlog_bytes",
+    "Bytes the application has sent that wait in the server's user-space write buffers "
+    "(daphne/Twisted) because the kernel socket buffer is full.",
+    ("node",), multiprocess_mode="livesum",
+)
+SEND_BACKLOG_CONNECTIONS = Gauge(
+    "ws_send_backlog_connections",
+    "WebSocket connections with data waiting in the server's user-space write buffers.",
+    ("node",), multiprocess_mode="livesum",
+)
+LAYER_BACKLOG = Gauge(
+    "ws_channel_layer_backlog_messages",
+    "Messages waiting for this process in a channel layer (where the layer can tell).",
+    ("node", "alias"), multiprocess_mode="livesum",
+)
 
 _samplers = {}  # event loop -> _Sampler
 
@@ -40,9 +67,11 @@ class _Sampler:
 
     async def run(self):
         node = get_config()["NODE"]
-        lag = _metrics.LOOP_LAG.labels(node)
-        backlog_bytes = _metrics.SEND_BACKLOG_BYTES.labels(node)
-        backlog_connections = _metrics.SEND_BACKLOG_CONNECTIONS.labels(node)
+        lag = LOOP_LAG.labels(node)
+        backlog_bytes = backlog_connections = None
+        if _twisted_reactor() is not None:  # measurable here: exported from the first connection
+            backlog_bytes = SEND_BACKLOG_BYTES.labels(node)
+            backlog_connections = SEND_BACKLOG_CONNECTIONS.labels(node)
         loop = self.loop
         layers = set()
         try:
@@ -52,19 +81,20 @@ class _Sampler:
                 await asyncio.sleep(interval)
                 lag.observe(max(0.0, loop.time() - started - interval))
                 backlog = send_backlog()
-                if backlog is not None:
+                if backlog is not None and backlog_bytes is not None:
                     backlog_bytes.set(sum(backlog.values()))
                     backlog_connections.set(len(backlog))
                 for alias, waiting in (await layer_backlog()).items():
-                    _metrics.LAYER_BACKLOG.labels(node, alias).set(waiting)
+                    LAYER_BACKLOG.labels(node, alias).set(waiting)
                     layers.add(alias)
         finally:
-            # Nothing is measured once the last connection has gone.
-            backlog_bytes.set(0)
-            backlog_connections.set(0)
+            # The last connection has gone: nothing waits for it any more.
+            if backlog_bytes is not None:
+                backlog_bytes.set(0)
+                backlog_connections.set(0)
             for alias in layers:
                 try:
-                    _metrics.LAYER_BACKLOG.remove(node, alias)
+                    LAYER_BACKLOG.remove(node, alias)
                 except KeyError:
                     pass
 
@@ -96,15 +126,30 @@ def release():
             sampler.task.cancel()
 
 
-def sampler_task():
-    """The running loop's sampler task, or None (for tests)."""
-    sampler = _samplers.get(asyncio.get_running_loop())
-    return sampler.task if sampler else None
+class SaturationFeature(features.Feature):
+    """Runs the sampler while this event loop has accepted connections."""
+
+    name = "saturation"
+
+    def opened(self, conn):
+        acquire()
+        conn.state["saturation"] = True
+
+    def closed(self, conn):
+        if conn.state.pop("saturation", False):
+            release()
+
+
+features.register(SaturationFeature())
 
 
 def _twisted_reactor():
+    # Installed is not serving: "daphne" in INSTALLED_APPS installs Twisted's reactor in
+    # any server process (uvicorn's too), but only daphne runs it.
     reactor = sys.modules.get("twisted.internet.reactor")
-    return reactor if hasattr(reactor, "getWriters") else None
+    if hasattr(reactor, "getWriters") and getattr(reactor, "running", False):
+        return reactor
+    return None
 
 
 def _pending_bytes(transport):

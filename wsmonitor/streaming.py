@@ -12,35 +12,84 @@
 import asyncio
 import time
 
-from . import metrics as _metrics
+from django.core.exceptions import ImproperlyConfigured
+from prometheus_client import Counter, Histogram
+from opentelemetry import trace as _trace
+from opentelemetry.trace import Link
 
-try:  # opentelemetry-api is optional
-    from opentelemetry import trace as _trace
-except ImportError:  # pragma: no cover
-    _trace = None
+from . import features
+from . import metrics as _metrics
 
 #: Label of stream names a consumer did not declare in ``wsmonitor_streams``.
 OTHER = "other"
+LABELS = _metrics.LABELS + ("stream",)
+
+STREAM_FIRST_CHUNK = Histogram(
+    "ws_stream_first_chunk_seconds", "Time from the start of a stream to its first chunk.",
+    LABELS, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STREAM_CHUNK_INTERVAL = Histogram(
+    "ws_stream_chunk_interval_seconds", "Time between consecutive chunks of a stream.",
+    LABELS, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STREAM_CHUNKS = Histogram(
+    "ws_stream_chunks", "Chunks sent by one stream.",
+    LABELS, buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000),
+)
+STREAM_DURATION = Histogram(
+    "ws_stream_duration_seconds", "Lifetime of a stream, start to end.",
+    LABELS, buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+STREAMS = Counter(
+    "ws_streams", "Streams ended, by outcome (ok, error: the block raised, cancelled).",
+    LABELS + ("outcome",),
+)
+STREAM_OUTCOMES = ("ok", "error", "cancelled")
+
+
+class BoundStream:
+    """The stream children of one (consumer, stream name) pair."""
+
+    __slots__ = ("first_chunk", "interval", "chunks", "duration", "outcomes")
+
+    def __init__(self, consumer, node, stream):
+        labels = (consumer, node, stream)
+        self.first_chunk = STREAM_FIRST_CHUNK.labels(*labels)
+        self.interval = STREAM_CHUNK_INTERVAL.labels(*labels)
+        self.chunks = STREAM_CHUNKS.labels(*labels)
+        self.duration = STREAM_DURATION.labels(*labels)
+        self.outcomes = {outcome: STREAMS.labels(*labels, outcome) for outcome in STREAM_OUTCOMES}
+
+
+_bound = _metrics.cache()
+
+
+def bound_stream(consumer, node, stream):
+    try:
+        return _bound[consumer, node, stream]
+    except KeyError:
+        _bound[consumer, node, stream] = result = BoundStream(consumer, node, stream)
+        return result
 
 
 class Stream:
     """One stream of chunks; use through ``consumer.stream(name)``."""
 
-    __slots__ = ("consumer", "name", "metrics", "span", "started", "last", "chunks",
-                 "first_chunk", "max_interval")
+    __slots__ = ("consumer", "conn", "name", "metrics", "span", "started", "started_ns",
+                 "last", "chunks", "first_chunk", "max_interval")
 
-    def __init__(self, consumer, name, metrics):
-        self.consumer, self.name, self.metrics = consumer, name, metrics
+    def __init__(self, consumer, name, metrics, conn=None):
+        self.consumer, self.name, self.metrics, self.conn = consumer, name, metrics, conn
         self.span = None
         self.started = self.last = self.first_chunk = None
         self.chunks = 0
         self.max_interval = 0.0
 
     async def __aenter__(self):
-        if _trace is not None:
-            span = _trace.get_current_span()
-            if span.is_recording():
-                self.span = span
+        span = _trace.get_current_span()  # ended already if this runs in a task of a handler
+        if span.get_span_context().is_valid:
+            self.span = span
+        self.started_ns = time.time_ns()
         self.started = time.perf_counter()
         return self
 
@@ -84,7 +133,12 @@ class Stream:
             m.duration.observe(duration)
             m.outcomes[outcome].inc()
         span = self.span
-        if span is not None and span.is_recording():
+        own = span is None or not span.is_recording()
+        if own:
+            # Run in a task, the stream outlives the message span it started under:
+            # a span of its own in the session's trace keeps its attributes.
+            span = self._own_span()
+        if span is not None:
             attributes = {
                 "wsmonitor.stream.name": self.name,
                 "wsmonitor.stream.outcome": outcome,
@@ -98,21 +152,64 @@ class Stream:
                     (self.last - self.started - self.first_chunk) / (self.chunks - 1))
                 attributes["wsmonitor.stream.chunk_interval.max"] = self.max_interval
             span.set_attributes(attributes)
+            if own:
+                span.end()
         return False
+
+    def _own_span(self):
+        conn = self.conn
+        if conn is None or conn.tracer is None or conn.span is None:
+            return None
+        parent = self.span if self.span is not None else conn.span
+        context = parent.get_span_context()
+        if not context.is_valid:
+            return None
+        span = conn.tracer.start_span(
+            f"{conn.label} stream", context=_trace.set_span_in_context(parent),
+            kind=_trace.SpanKind.INTERNAL, start_time=self.started_ns,
+            links=[Link(conn.span.get_span_context())],
+            attributes={"websocket.session.id": conn.session_id})
+        return span if span.is_recording() else None
 
 
 class StreamingMixin:
-    """``self.stream(name)`` on instrumented consumers."""
+    """``self.stream(name)`` on instrumented async consumers."""
 
     #: Stream names exported as themselves in the ``stream`` label; others fold to "other".
     wsmonitor_streams = ()
 
     def stream(self, name):
         """An async context manager measuring one stream of chunks sent to this client."""
-        label = name if name in self.wsmonitor_streams else OTHER
+        if getattr(self, "_sync", False):
+            raise TypeError("self.stream() is an async context manager: it needs an async "
+                            "consumer (InstrumentedAsyncWebsocketConsumer or its JSON twin).")
         conn = self._wsm
         metrics = None
         if conn is not None and conn.metrics is not None:
-            consumer = self.wsmonitor_label or type(self).__name__
-            metrics = _metrics.bound_stream(consumer, label)
-        return Stream(self, name, metrics)
+            declared = conn.options.get("streaming", ())
+            label = name if name in declared else OTHER
+            metrics = bound_stream(conn.metrics.consumer, conn.metrics.node, label)
+        return Stream(self, name, metrics, conn)
+
+
+class StreamingFeature(features.Feature):
+    """Validates ``wsmonitor_streams``; the streams themselves live in ``self.stream()``."""
+
+    name = "streaming"
+    kinds = frozenset({"async"})
+    unsupported_hint = ("self.stream() is an async context manager: derive the consumer from "
+                        "InstrumentedAsyncWebsocketConsumer (or its JSON twin), or drop "
+                        "wsmonitor_streams.")
+
+    def options(self, cls):
+        names = getattr(cls, "wsmonitor_streams", ())
+        if not names:
+            return None
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise ImproperlyConfigured(
+                f"{cls.__module__}.{cls.__qualname__}.wsmonitor_streams must be a tuple of "
+                f'stream names such as ("answer",), not {names!r}.')
+        return frozenset(names)
+
+
+features.register(StreamingFeature())

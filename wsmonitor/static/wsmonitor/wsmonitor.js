@@ -7,35 +7,38 @@
  *     onopen: function (info) { ... },           // info.attempts: attempts this (re)connect took
  *     onclose: function (event, retryInMs) { ... }
  *   });
- *   ws.send({message: "hi"});                    // JSON objects get a "traceparent" field
+ *   ws.send({message: "hi"});                    // JSON objects carry the page's trace context, if any
  *   ws.close();                                  // 1000, and no reconnect
  *
  * - Answers the server's heartbeat pings ({"type": "wsmonitor.ping", "id": n} -> wsmonitor.pong,
  *   or prefix frames such as "ping:7" -> "pong:7" with options.heartbeatFrames = ["ping:", "pong:"]).
  * - Reconnects after any close it did not ask for, with exponential backoff and jitter; each
  *   attempt carries ?reconnect=<n>, so the server counts ws_client_reconnects_total by attempts.
- * - Sends a W3C traceparent at connect (?traceparent=...) and in every JSON object it sends.
+ * - Trace context: only a real one. options.traceparent is a W3C traceparent string, or a function
+ *   returning one (or null), e.g. from the page's own tracing library; without it, the content of
+ *   <meta name="traceparent"> if the server rendered one. It goes on the connect URL
+ *   (?traceparent=...) and into JSON objects that carry none. With none, nothing is sent and the
+ *   server's sampler decides: the client never invents a parent nor forces the sampled flag.
  */
 (function (root) {
   "use strict";
 
   var PING = '{"type":"wsmonitor.ping"';
 
-  function hex(bytes) {
-    var array = new Uint8Array(bytes), out = "";
-    var crypto = root.crypto || root.msCrypto;
-    if (crypto && crypto.getRandomValues) {
-      crypto.getRandomValues(array);
-    } else {
-      for (var i = 0; i < bytes; i++) array[i] = Math.floor(Math.random() * 256);
-    }
-    for (var j = 0; j < array.length; j++) out += (array[j] < 16 ? "0" : "") + array[j].toString(16);
-    return /^0+$/.test(out) ? hex(bytes) : out;  // all-zero IDs are invalid
+  var TRACEPARENT = /^[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+  /** The page's trace context from <meta name="traceparent">, or null. */
+  function metaTraceparent() {
+    var doc = root.document;
+    var meta = doc && doc.querySelector ? doc.querySelector('meta[name="traceparent"]') : null;
+    return meta ? meta.getAttribute("content") : null;
   }
 
-  /** A new W3C traceparent: version 00, random trace and parent IDs, sampled. */
-  function traceparent() {
-    return "00-" + hex(16) + "-" + hex(8) + "-01";
+  /** A valid W3C traceparent from options.traceparent (string or function) or the page; else null. */
+  function currentTraceparent(option) {
+    if (option === false) return null;
+    var value = typeof option === "function" ? option() : (option || metaTraceparent());
+    return typeof value === "string" && TRACEPARENT.test(value) && value.slice(0, 2) !== "ff" ? value : null;
   }
 
   function absolute(url) {
@@ -77,7 +80,7 @@
   Client.prototype.open = function () {
     var self = this;
     this.attempts += 1;
-    this.traceparent = this.options.traceparent === false ? null : traceparent();
+    this.traceparent = currentTraceparent(this.options.traceparent);
     var url = withParams(this.url, {
       reconnect: this.hasOpened ? this.attempts : null,
       traceparent: this.traceparent
@@ -129,15 +132,16 @@
     return true;
   };
 
-  /** Send a message; JSON objects get a fresh traceparent unless they carry one. False if not open. */
+  /** Send a message; JSON objects get the current trace context unless they carry one. False if not open. */
   Client.prototype.send = function (data) {
     if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
     if (data !== null && typeof data === "object" && !(data instanceof ArrayBuffer) &&
         !(root.Blob && data instanceof Blob) && !ArrayBuffer.isView(data)) {
-      if (this.options.traceparent !== false && !("traceparent" in data)) {
+      var context = "traceparent" in data ? null : currentTraceparent(this.options.traceparent);
+      if (context) {
         var copy = {};
         for (var key in data) copy[key] = data[key];
-        copy.traceparent = traceparent();
+        copy.traceparent = context;
         data = copy;
       }
       data = JSON.stringify(data);
@@ -155,7 +159,6 @@
 
   root.WSMonitor = {
     connect: function (url, options) { return new Client(url, options); },
-    traceparent: traceparent,
     Client: Client
   };
 })(typeof window !== "undefined" ? window : this);

@@ -1,0 +1,102 @@
+"""The feature interface: what plugs into a connection's lifecycle.
+
+A feature (the heartbeat, the session registry, the saturation sampler, ...) is
+an object with a ``name``, the consumer ``kinds`` it supports and three hooks
+that :class:`wsmonitor.connection.Connection` calls:
+
+* ``opened(conn)``: the accept went out. A feature that must see received
+  messages calls ``conn.add_absorber(fn)`` here: ``fn(message)`` runs before
+  the application for each ``websocket.receive`` and returns True to swallow it.
+* ``closed(conn)``: exactly once, on every path out, for each connection that
+  ``opened`` ran for; ``conn.code`` and ``conn.closed_by`` are final by then.
+* ``options(cls)``: at class definition, the feature's part of an instrumented
+  consumer's ``wsmonitor_*`` attributes, validated (raise ``ImproperlyConfigured``
+  saying what to do), or None when the class leaves the feature off. What it
+  returns is ``conn.options[feature.name]``.
+
+Per-connection state lives in ``conn.state[feature.name]``; each feature owns its
+instruments in its own module. Hooks never break a connection: an exception in
+one is logged (``ws_feature_error``) and the connection goes on.
+
+    from wsmonitor import features
+
+    class Audit(features.Feature):
+        name = "audit"
+
+        def opened(self, conn):
+            audit_log.info("open %s %s", conn.session_id, conn.label)
+
+    features.register(Audit())
+"""
+
+from django.core.exceptions import ImproperlyConfigured
+
+#: Consumer kinds: wsmonitor's async and sync consumers, and third-party
+#: applications seen only through :class:`wsmonitor.WSMonitorMiddleware`.
+KINDS = frozenset({"async", "sync", "middleware"})
+
+
+class Feature:
+    """Base class of lifecycle features; every hook is optional."""
+
+    #: Unique name: the key of ``conn.options`` and ``conn.state``.
+    name = None
+    #: The consumer kinds this feature works with.
+    kinds = KINDS
+    #: Says what to do when a class of an unsupported kind switches the feature on.
+    unsupported_hint = ""
+
+    def options(self, cls):
+        """Validate ``cls``'s attributes for this feature; None leaves it off for that class."""
+        return None
+
+    def opened(self, conn):
+        """The accept went out."""
+
+    def closed(self, conn):
+        """The connection ended (once, on every path out)."""
+
+
+_features = []
+#: Bumped on every (un)registration, so consumer classes know their options are stale.
+generation = 0
+
+
+def register(feature):
+    """Plug ``feature`` into every connection opened from now on; returns it."""
+    global generation
+    if not feature.name or not set(feature.kinds) <= KINDS:
+        raise ValueError(f"a feature needs a name and kinds among {sorted(KINDS)}")
+    unregister(feature.name)
+    _features.append(feature)
+    generation += 1
+    return feature
+
+
+def unregister(name):
+    global generation
+    for feature in list(_features):
+        if feature.name == name:
+            _features.remove(feature)
+            generation += 1
+
+
+def registered():
+    """The registered features, in registration order."""
+    return tuple(_features)
+
+
+def class_options(cls, kind):
+    """``{feature name: options}`` of a consumer class; raises ImproperlyConfigured."""
+    options = {}
+    for feature in _features:
+        value = feature.options(cls)
+        if value is None:
+            continue
+        if kind not in feature.kinds:
+            raise ImproperlyConfigured(
+                f"{cls.__module__}.{cls.__qualname__} switches on wsmonitor's {feature.name} "
+                f"feature, which does not support {kind} consumers. {feature.unsupported_hint}"
+                .strip())
+        options[feature.name] = value
+    return options
