@@ -61,6 +61,11 @@ if REDIS_URL:
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None,
                               "max_connections": 1000}]},
     }}
+    if os.environ.get("DEMO_CHANNEL_LAYER") != "pubsub":
+        # 40 prefix bytes carry the sender's trace context to the handler on another
+        # node (12, the default, carries the send time only). Every process sharing
+        # this Redis prefix must use the same length.
+        CHANNEL_LAYERS["default"]["CONFIG"]["random_prefix_length"] = 40
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "wsmonitor.layers.InMemoryChannelLayer"}}
 
@@ -95,3 +100,18 @@ LOGGING = {
     "disable_existing_loggers": False,
     "loggers": {"django": {"handlers": [], "level": "INFO", "propagate": True}},
 }
+
+# --- The console (wsmonitor.console): Django auth, a login page, staff permissions -----------
+# Sign in at /accounts/login/ with a user made by `manage.py console_user NAME --close`.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "wsmonitor-console"
+LOGOUT_REDIRECT_URL = "index"
+TEMPLATES[0]["OPTIONS"]["context_processors"] += [
+    "django.contrib.auth.context_processors.auth",
+]
+WSMONITOR.update({
+    "CONSOLE_INTERVAL": float(os.environ.get("WSMONITOR_CONSOLE_INTERVAL", "5")),
+    # e.g. http://127.0.0.1:16686/trace/{trace_id} for Jaeger's UI
+    "CONSOLE_TRACE_URL": os.environ.get("WSMONITOR_CONSOLE_TRACE_URL") or None,
+    "REDACT_CLIENTS": os.environ.get("WSMONITOR_REDACT_CLIENTS") == "1",
+})

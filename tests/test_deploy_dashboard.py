@@ -34,6 +34,9 @@ def wsmonitor_families():
     families of :class:`wsmonitor.multiprocess.ProcessFdsCollector`, which only
     wsmonitor's multiprocess ``/metrics`` view registers (in its per-scrape registry).
     """
+    import wsmonitor.layer_metrics  # noqa: F401
+    import wsmonitor.server_kills  # noqa: F401
+    import wsmonitor.streaming  # noqa: F401
     import wsmonitor.metrics  # noqa: F401  (registers the instruments)
     from prometheus_client import REGISTRY
     from wsmonitor.multiprocess import ProcessFdsCollector

@@ -143,10 +143,12 @@ async def test_capacity_burst_reports_every_lost_delivery(start_daphne, layer, r
         servers = [start_daphne(env=env, name=unique(f"burst-{i}")) for i in range(2)]
     expected, received, dropped, delivered = await burst(servers)
     assert received + dropped == expected == 8000
-    assert delivered == received  # each event reached a handler once, and went out once
     if layer == "pubsub":
+        # Pub/sub payloads have no bytes upstream readers skip: no send time travels.
+        assert delivered == 0
         assert dropped == 0  # no capacity in pub/sub
     else:
+        assert delivered == received  # each event reached a handler once, and went out once
         assert dropped > 1000  # default capacity 100: most deliveries are lost
 
 

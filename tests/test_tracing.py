@@ -320,8 +320,10 @@ class Relay(InstrumentedAsyncJsonWebsocketConsumer):
 def layer_settings(backend, redis_url=None):
     config = {"BACKEND": f"wsmonitor.layers.{backend}"}
     if redis_url:
+        # The trace context travels in the random prefix, which needs room for it.
         config["CONFIG"] = {"hosts": [{"address": redis_url, "socket_timeout": None}],
-                            "prefix": f"wsmtest{uuid.uuid4().hex[:8]}"}
+                            "prefix": f"wsmtest{uuid.uuid4().hex[:8]}",
+                            "random_prefix_length": 40}
     return {"default": config}
 
 

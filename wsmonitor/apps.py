@@ -7,7 +7,9 @@ class WSMonitorConfig(AppConfig):
 
     def ready(self):
         # The built-in features plug themselves into the lifecycle on import.
-        from . import checks, heartbeat, metrics, reconnect, registry, saturation  # noqa: F401
+        from . import (checks, heartbeat, metrics, reconnect, registry,  # noqa: F401
+                       saturation, server_kills)
+        from .console import snapshot  # noqa: F401 - the console's sampler feature
         from .conf import get_config
         from .logging import configure, logger
 

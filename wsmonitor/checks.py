@@ -151,3 +151,52 @@ def version_warnings():
 @register(Tags.compatibility)
 def check_versions(app_configs, **kwargs):
     return version_warnings()
+
+
+# --- The console (wsmonitor.console) ----------------------------------------------------------
+
+_CONSOLE_APPS = ("django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions",
+                 "django.contrib.staticfiles")
+_CONSOLE_MIDDLEWARE = ("django.contrib.sessions.middleware.SessionMiddleware",
+                       "django.middleware.csrf.CsrfViewMiddleware",
+                       "django.contrib.auth.middleware.AuthenticationMiddleware")
+
+
+@register(Tags.compatibility)
+def check_console(app_configs, **kwargs):
+    """What the console needs from the project, once its URLs are included."""
+    from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+    from django.shortcuts import resolve_url
+
+    try:
+        reverse("wsmonitor-console")
+    except NoReverseMatch:
+        return []  # the console is not in the URLconf
+    except Exception:
+        return []  # a URLconf error Django reports itself
+    problems = []
+    missing = [app for app in _CONSOLE_APPS if app not in settings.INSTALLED_APPS]
+    if missing:
+        problems.append(Warning(
+            f"The wsmonitor console is in the URLconf but INSTALLED_APPS lacks "
+            f"{', '.join(missing)}.",
+            hint="The console signs staff in with Django's auth and sessions and serves its "
+                 "CSS and JavaScript as static files.", id="wsmonitor.W101"))
+    middleware = getattr(settings, "MIDDLEWARE", None) or []
+    missing = [m for m in _CONSOLE_MIDDLEWARE if m not in middleware]
+    if missing:
+        problems.append(Warning(
+            f"The wsmonitor console needs {', '.join(missing)} in MIDDLEWARE.",
+            hint="Without them nobody can sign in, and the close actions are refused "
+                 "(they are CSRF-protected POSTs).", id="wsmonitor.W102"))
+    login = resolve_url(settings.LOGIN_URL)
+    if login.startswith("/"):
+        try:
+            resolve(login.split("?")[0])
+        except Resolver404:
+            problems.append(Warning(
+                f"LOGIN_URL ({settings.LOGIN_URL!r}) does not resolve: the console sends "
+                "signed-out visitors there.",
+                hint='Add path("accounts/login/", LoginView.as_view(), name="login") or set '
+                     "LOGIN_URL to your login page.", id="wsmonitor.W103"))
+    return problems

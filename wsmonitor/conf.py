@@ -57,6 +57,21 @@ DEFAULTS = {
     # connection is closed as a zombie (code 4408).
     "HEARTBEAT_INTERVAL": 20,
     "HEARTBEAT_TIMEOUT": 30,
+    # Live console (wsmonitor.console; False stops its sampler): seconds between the snapshots each process
+    # publishes, seconds of history its charts keep, closes kept per process, page size.
+    "CONSOLE": True,
+    "CONSOLE_INTERVAL": 5,
+    "CONSOLE_HISTORY": 900,
+    "CONSOLE_CLOSED_KEEP": 300,
+    "CONSOLE_PAGE_SIZE": 50,
+    # Link to a session's connection span, e.g. "http://jaeger:16686/trace/{trace_id}".
+    "CONSOLE_TRACE_URL": None,
+    # Close code of the console's "close every session of this process" action.
+    # 1012 (service restart) is what the protocol means, but daphne sends only 1000
+    # and 3000-4999, so the default is an application code.
+    "CONSOLE_DRAIN_CODE": 4012,
+    # Replace client addresses and user names by "redacted" before they leave the process.
+    "REDACT_CLIENTS": False,
 }
 
 
@@ -167,6 +182,35 @@ def validate(user):
         if not _seconds(user.get(key, DEFAULTS[key])):
             problems.append((check_id, f'WSMONITOR["{key}"] must be a positive number of seconds.',
                              None))
+    problems.extend(_console_problems(user))
+    return problems
+
+
+def _console_problems(user):
+    """The console's settings (wsmonitor.console)."""
+    problems = []
+    if not isinstance(user.get("CONSOLE", True), bool) or not isinstance(
+            user.get("REDACT_CLIENTS", False), bool):
+        problems.append(("wsmonitor.E020", 'WSMONITOR["CONSOLE"] and ["REDACT_CLIENTS"] must be '
+                         "True or False.", None))
+    interval = user.get("CONSOLE_INTERVAL", DEFAULTS["CONSOLE_INTERVAL"])
+    history = user.get("CONSOLE_HISTORY", DEFAULTS["CONSOLE_HISTORY"])
+    if not (_seconds(interval) and interval >= 0.1 and _seconds(history) and history >= interval):
+        problems.append(("wsmonitor.E021", 'WSMONITOR["CONSOLE_INTERVAL"] must be at least 0.1 s '
+                         'and ["CONSOLE_HISTORY"] at least one interval.', None))
+    for key in ("CONSOLE_CLOSED_KEEP", "CONSOLE_PAGE_SIZE"):
+        value = user.get(key, DEFAULTS[key])
+        if not (type(value) is int and 1 <= value <= 10000):
+            problems.append(("wsmonitor.E022", f'WSMONITOR["{key}"] must be an int from 1 to '
+                             "10000.", None))
+    url = user.get("CONSOLE_TRACE_URL")
+    if url is not None and not (isinstance(url, str) and "{trace_id}" in url):
+        problems.append(("wsmonitor.E023", 'WSMONITOR["CONSOLE_TRACE_URL"] must be None or a URL '
+                         'containing "{trace_id}".', None))
+    code = user.get("CONSOLE_DRAIN_CODE", DEFAULTS["CONSOLE_DRAIN_CODE"])
+    if not (type(code) is int and (code == 1000 or 3000 <= code <= 4999)):
+        problems.append(("wsmonitor.E024", 'WSMONITOR["CONSOLE_DRAIN_CODE"] must be 1000 or '
+                         "3000-4999 (what servers can send).", None))
     return problems
 
 

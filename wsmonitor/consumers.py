@@ -158,10 +158,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
         else:
             # A channel-layer event: wsmonitor.layers takes its envelope (delivery time,
             # trace context) out of the handlers' way.
-            try:
-                envelope, message = _received_from_layer(message, conn)
-            except KeyError:  # an event sent through a layer that adds no envelope
-                envelope = None
+            envelope, message = _received_from_layer(message, conn)
             if conn is None:
                 return await super().dispatch(message)
             stage = "handler"

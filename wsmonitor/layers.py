@@ -2,92 +2,92 @@
 
 Every sender (consumers, views, Celery tasks, management commands) goes through
 the layer, so sends, their outcome, fan-out and lost deliveries are measured
-where they happen. Each message carries a small envelope under ``"_wsmonitor"``
-(see :func:`envelope`); instrumented consumers read it to measure delivery time
-and remove it before any handler runs.
+where they happen. Readers get exactly the message that was sent; the send time
+and trace context travel beside it (:mod:`wsmonitor.envelope`) and wsmonitor's
+consumers read them with :func:`received`. See docs/channel-layers.md.
 """
 
-import collections
-import functools
 import time
 
 from channels import layers as _channels_layers
 from channels.exceptions import ChannelFull
 
-from . import metrics as _metrics
-from . import tracing
-from .conf import get_config
+from . import envelope as _envelope
+from . import features as _features
+from . import layer_metrics as _lm
 from .logging import logger
 
+#: Key of the envelope that earlier wsmonitor versions put into messages (still read).
 ENVELOPE_KEY = "_wsmonitor"
 
-__all__ = ["InMemoryChannelLayer", "RedisChannelLayer", "RedisPubSubChannelLayer", "envelope"]
+__all__ = ["InMemoryChannelLayer", "RedisChannelLayer", "RedisPubSubChannelLayer", "received"]
+
+_sessions = {}  # channel name -> session ID of the wsmonitor consumer reading it
 
 
-def envelope(event, stamp=True):
-    """Return a copy of ``event`` with wsmonitor's envelope (one msgpack-able dict).
+class _ForgetSessions(_features.Feature):
+    """A closed connection's channel leaves ``_sessions`` (its reader's end may not be seen)."""
 
-    It holds the send time (``stamp``, for the delivery histogram) and the
-    sender's W3C trace context when a span is current, so the receiving
-    handler, on any node, continues the trace.
-    """
-    env = dict(event.get(ENVELOPE_KEY) or ())
-    if stamp:
-        env["sent_at"] = time.time()
-    tracing.inject(env)
-    if not env:
-        return event
-    stamped = dict(event)
-    stamped[ENVELOPE_KEY] = env
-    return stamped
+    name = "layer_sessions"
+
+    def closed(self, conn):
+        if conn.channel_name is not None:
+            _sessions.pop(conn.channel_name, None)
+
+
+_features.register(_ForgetSessions())
 
 
 def received(message, conn):
-    """Observe delivery time; return the envelope and ``message`` without it.
+    """Return ``(envelope or None, message)`` for a layer message a consumer dispatches.
 
-    Never mutates ``message``: channels_redis hands the same dict to every
-    member of a group in one process.
+    ``message`` is returned as it is: plain readers and wsmonitor's consumers see
+    the same object. Observes the delivery time when the connection has metrics.
     """
-    message = dict(message)
-    env = message.pop(ENVELOPE_KEY)
-    m = conn.metrics if conn is not None else None
-    if m is not None and isinstance(env, dict):
+    env = _envelope.take(message) if _envelope._held else None
+    if env is None:
+        if type(message) is not dict or ENVELOPE_KEY not in message:
+            return None, message
+        # Sent by an earlier wsmonitor, which put the envelope into the message.
+        message = dict(message)
+        env = message.pop(ENVELOPE_KEY)
+        if not isinstance(env, dict):
+            return None, message
+    if conn is not None:
+        m = conn.metrics
         sent_at = env.get("sent_at")
-        if isinstance(sent_at, (int, float)):
+        if m is not None and isinstance(sent_at, (int, float)):
             # Another host's clock may run ahead of ours: clamp, see the README.
-            _metrics.delivery(m.consumer, m.node).observe(max(0.0, time.time() - sent_at))
+            _lm.delivery(m.consumer, m.node).observe(max(0.0, time.time() - sent_at))
+        channel = getattr(conn, "channel_name", None) or getattr(
+            getattr(conn, "owner", None), "channel_name", None)
+        if channel is not None and channel not in _sessions:
+            _sessions[channel] = conn.session_id
     return env, message
-
-
-def _layer_metrics():
-    """The node's layer metrics, or None when metrics are off."""
-    config = get_config()
-    return _metrics.layer(config["NODE"]) if config["METRICS"] else None
 
 
 def _failed(m, kind, started, exc, target):
     m.sent(kind, "error", time.perf_counter() - started)
-    if get_config()["LOGS"]:
+    if _lm.config()["LOGS"]:
         # Inside a consumer, structlog's context adds the session ID.
         logger.error("ws_layer_error", kind=kind, target=target,
                      error=f"{type(exc).__name__}: {exc}")
 
 
 class _Instrumented:
-    """``send`` timing, outcomes and the envelope, shared by the three backends."""
+    """``send``/``group_send`` timing and outcomes, shared by the three backends."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        _layer_metrics()  # the node's series exist from the layer's creation
+        _lm.layer()  # the node's series exist from the layer's creation
 
     async def send(self, channel, message):
-        m = _layer_metrics()
+        m = _lm.layer()
         if m is None:
-            return await super().send(channel, envelope(message, stamp=False))
-        message = envelope(message)
+            return await self._wsm_send(channel, message)
         started = time.perf_counter()
         try:
-            result = await super().send(channel, message)
+            result = await self._wsm_send(channel, message)
         except ChannelFull:
             m.sent("send", "full", time.perf_counter() - started)
             m.dropped("send", "full")
@@ -98,36 +98,118 @@ class _Instrumented:
         m.sent("send", "ok", time.perf_counter() - started)
         return result
 
+    async def _wsm_send(self, channel, message):
+        return await super().send(channel, message)
+
     async def group_send(self, group, message):
-        m = _layer_metrics()
-        if m is None:
-            return await super().group_send(group, envelope(message, stamp=False))
-        message = envelope(message)
+        m = _lm.layer()
         started = time.perf_counter()
         try:
             reached, skipped = await self._wsm_group_send(group, message)
         except Exception as exc:
-            _failed(m, "group_send", started, exc, group)
+            if m is not None:
+                _failed(m, "group_send", started, exc, group)
             raise
-        m.sent("group_send", "full" if skipped else "ok", time.perf_counter() - started)
-        if reached is not None:
-            m.group_size.observe(reached)
-        m.dropped("group_send", "full", skipped)
+        if m is not None:
+            m.sent("group_send", "full" if skipped else "ok", time.perf_counter() - started)
+            if reached is not None:
+                m.group_size.observe(reached)
+            m.dropped("group_send", "full", skipped)
 
     async def _wsm_group_send(self, group, message):
         """Send to the group; return (members reached or None if unknown, members skipped)."""
         raise NotImplementedError
 
 
-class InMemoryChannelLayer(_Instrumented, _channels_layers.InMemoryChannelLayer):
+class _Members:
+    """This process's side of group membership: who joined what, when, and who left.
+
+    A reader whose ``receive`` ended by cancellation or error is gone (channels
+    cancels a consumer's receive when the consumer ends); memberships it did not
+    discard are stale, counted in ``ws_layer_stale_members_total``, never as losses.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wsm_joined = {}  # channel -> {group: joined at}
+        self._wsm_gone = {}  # channels whose reader left, oldest first (bounded)
+
+    def _wsm_local(self, channel):
+        return True
+
+    async def group_add(self, group, channel):
+        await super().group_add(group, channel)
+        if self._wsm_local(channel):
+            self._wsm_joined.setdefault(channel, {})[group] = time.time()
+            self._wsm_gone.pop(channel, None)
+            await self._wsm_left(group, channel)  # a lapsed membership is live again
+            self._wsm_rejoined(group, channel)
+
+    async def group_discard(self, group, channel):
+        await super().group_discard(group, channel)
+        groups = self._wsm_joined.get(channel)
+        if groups is not None:
+            groups.pop(group, None)
+            if not groups:
+                del self._wsm_joined[channel]
+        await self._wsm_left(group, channel)
+
+    async def receive(self, channel):
+        try:
+            return await super().receive(channel)
+        except BaseException:
+            await self._wsm_reader_gone(channel)
+            raise
+
+    async def _wsm_reader_gone(self, channel):
+        groups = self._wsm_joined.pop(channel, None)
+        if len(self._wsm_gone) > 10000:
+            del self._wsm_gone[next(iter(self._wsm_gone))]
+        self._wsm_gone[channel] = True
+        session = _sessions.pop(channel, None)
+        if groups:
+            _lm.lost("group_add", "stale", len(groups), ",".join(sorted(groups)), session,
+                     event="ws_layer_stale")
+            for group in groups:
+                await self._wsm_left(group, channel)
+
+    def _wsm_rejoined(self, group, channel):
+        """``channel`` joined ``group`` again: a lapsed membership is live again."""
+
+    async def _wsm_left(self, group, channel):
+        """``channel`` left ``group`` (discarded, or its reader is gone)."""
+
+
+class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryChannelLayer):
     """channels' in-memory layer, instrumented (one process only)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wsm_lapsed = {}  # group -> {live channel removed from it: reason}
+        self._wsm_cleaning = "receive"
+
+    async def _wsm_send(self, channel, message):
+        await super()._wsm_send(channel, message)
+        self._wsm_hold_last(channel, _envelope.current())
+
+    def _wsm_hold_last(self, channel, env):
+        # channels' queue entries are (expires at, copy of the message); the copy is
+        # what the reader gets, so the envelope is held for that object.
+        _envelope.hold(self.channels[channel]._queue[-1][1], env)
+
     async def _wsm_group_send(self, group, message):
-        # channels' own loop, counting what it silently skips.
+        # channels' group_send, counting what it silently skips.
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
-        self._clean_expired()
+        self._wsm_cleaning = "group_send"
+        try:
+            self._clean_expired()
+        finally:
+            self._wsm_cleaning = "receive"
+        for channel, reason in list(self._wsm_lapsed.get(group, {}).items()):
+            _lm.lost("group_send", reason, 1, group, _sessions.get(channel))
         reached = skipped = 0
+        env = _envelope.current()
         send = _channels_layers.InMemoryChannelLayer.send  # the plain send: no double count
         for channel in list(self.groups.get(group, ())):
             try:
@@ -136,146 +218,68 @@ class InMemoryChannelLayer(_Instrumented, _channels_layers.InMemoryChannelLayer)
                 skipped += 1
             else:
                 reached += 1
+                self._wsm_hold_last(channel, env)
         return reached, skipped
 
+    def _clean_expired(self):
+        # channels' _clean_expired (4.x), counting each expired message and each
+        # live member it removes from a group.
+        kind = self._wsm_cleaning
+        for channel, queue in list(self.channels.items()):
+            expired = 0
+            while not queue.empty() and queue._queue[0][0] < time.time():
+                _envelope.drop(queue.get_nowait()[1])
+                expired += 1
+                self._wsm_remove_from_groups(channel, "expired")
+                if queue.empty():
+                    self.channels.pop(channel, None)
+            if expired and channel not in self._wsm_gone:
+                _lm.lost(kind, "expired", expired, channel, _sessions.get(channel))
+        timeout = int(time.time()) - self.group_expiry
+        for group, channels in self.groups.items():
+            for name, timestamp in list(channels.items()):
+                if timestamp and timestamp < timeout:
+                    channels.pop(name, None)
+                    self._wsm_lapse(group, name, "group_expiry")
 
-# --- Redis (channels_redis) -------------------------------------------------------------
-# Optional: importing this module must not require channels_redis.
+    def _remove_from_groups(self, channel):
+        self._wsm_remove_from_groups(channel, "expired")
+
+    def _wsm_remove_from_groups(self, channel, reason):
+        for group, channels in self.groups.items():
+            if channels.pop(channel, None) is not None:
+                self._wsm_lapse(group, channel, reason)
+
+    def _wsm_lapse(self, group, channel, reason):
+        if group in self._wsm_joined.get(channel, ()):
+            self._wsm_lapsed.setdefault(group, {})[channel] = reason
+            if reason == "group_expiry":
+                _lm.lost("group_add", reason, 1, group, _sessions.get(channel),
+                         event="ws_layer_membership_lapsed")
+
+    def _wsm_rejoined(self, group, channel):
+        lapsed = self._wsm_lapsed.get(group)
+        if lapsed is not None and lapsed.pop(channel, None) is not None and not lapsed:
+            del self._wsm_lapsed[group]
+
+    async def _wsm_left(self, group, channel):
+        self._wsm_rejoined(group, channel)
+
+    async def flush(self):
+        await super().flush()
+        self._wsm_lapsed.clear()
+        self._wsm_joined.clear()
+
+
+# channels_redis is optional: importing this module must not require it.
 try:
-    from channels_redis import core as _redis_core
-    from channels_redis import pubsub as _redis_pubsub
-except ImportError:  # pragma: no cover - the redis extra is not installed
-    _redis_core = _redis_pubsub = None
+    from .layers_redis import RedisChannelLayer, RedisPubSubChannelLayer  # noqa: E402
+except ImportError as exc:  # pragma: no cover - the redis extra is not installed
+    _missing = exc
 
-# channels_redis's script, returning the members skipped instead of the keys over capacity.
-# ARGV: n messages, n capacities, n member counts, now, expiry cutoff, expiry.
-GROUP_SEND_LUA = """
-local n = #KEYS
-local now = ARGV[3 * n + 1]
-local cutoff = ARGV[3 * n + 2]
-local expiry = ARGV[3 * n + 3]
-local skipped = 0
-for i = 1, n do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
-    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
-        redis.call('ZADD', KEYS[i], now, ARGV[i])
-        redis.call('EXPIRE', KEYS[i], expiry)
-    else
-        skipped = skipped + tonumber(ARGV[2 * n + i])
-    end
-end
-return skipped
-"""
-
-
-if _redis_core is not None:
-
-    class _CountingQueue(_redis_core.BoundedQueue):
-        """channels_redis's per-channel receive buffer, counting the oldest message it drops."""
-
-        def put_nowait(self, item):
-            if self.full():
-                m = _layer_metrics()
-                if m is not None:
-                    m.dropped("receive", "full")
-            return super().put_nowait(item)
-
-    class RedisChannelLayer(_Instrumented, _redis_core.RedisChannelLayer):
-        """channels_redis's ``RedisChannelLayer``, instrumented, with an exact drop count."""
-
+    class _Missing:
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.receive_buffer = collections.defaultdict(
-                functools.partial(_CountingQueue, self.capacity)
-            )
+            raise ImportError(f"channels_redis is not installed: {_missing}")
 
-        async def _wsm_group_send(self, group, message):
-            # channels_redis's group_send (one stored message per process key, listing that
-            # process's members), with a script that returns how many members it skipped.
-            assert self.require_valid_group_name(group), "Group name not valid"
-            key = self._group_key(group)
-            connection = self.connection(self.consistent_hash(group))
-            await connection.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
-            channel_names = [x.decode("utf8") for x in await connection.zrange(key, 0, -1)]
-            by_connection, key_message, key_capacity = self._map_channel_keys_to_connection(
-                channel_names, message)
-            members = collections.Counter(
-                self.prefix + self.non_local_name(name) for name in channel_names)
-            skipped = 0
-            for index, keys in by_connection.items():
-                now = time.time()
-                args = [key_message[k] for k in keys] + [key_capacity[k] for k in keys]
-                args += [members[k] for k in keys]
-                args += [now, int(now) - int(self.expiry), int(self.expiry)]
-                skipped += await self.connection(index).eval(
-                    GROUP_SEND_LUA, len(keys), *keys, *args)
-            if skipped:
-                _redis_core.logger.info("%s of %s channels over capacity in group %s",
-                                        skipped, len(channel_names), group)
-            return len(channel_names) - skipped, skipped
+    RedisChannelLayer = RedisPubSubChannelLayer = _Missing
 
-    class _PubSubShard(_redis_pubsub.RedisSingleShardConnection):
-        async def publish(self, channel, message):
-            """Publish; return how many subscribed connections (processes) received it."""
-            async with self._lock:
-                self._ensure_redis()
-                return await self._redis.publish(channel, message)
-
-    class _PubSubLoopLayer(_redis_pubsub.RedisPubSubLoopLayer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._shards = [_PubSubShard(shard.host, self) for shard in self._shards]
-
-        async def send(self, channel, message):
-            shard = self._get_shard(channel)
-            return await shard.publish(channel, self.channel_layer.serialize(message))
-
-        async def group_send(self, group, message):
-            group_channel = self._get_group_channel_name(group)
-            shard = self._get_shard(group_channel)
-            return await shard.publish(group_channel, self.channel_layer.serialize(message))
-
-    class RedisPubSubChannelLayer(_Instrumented, _redis_pubsub.RedisPubSubChannelLayer):
-        """channels_redis's ``RedisPubSubChannelLayer``, instrumented.
-
-        Pub/sub has no capacity: nothing is dropped for being full, but a message
-        published while nobody subscribes is lost. A direct ``send`` that reached
-        no subscriber counts as dropped (``reason="no_subscriber"``); a
-        ``group_send`` only learns how many processes received it, not members.
-        """
-
-        async def send(self, channel, message):
-            m = _layer_metrics()
-            if m is None:
-                return await self._get_layer().send(channel, message)
-            message = envelope(message)
-            started = time.perf_counter()
-            try:
-                receivers = await self._get_layer().send(channel, message)
-            except Exception as exc:
-                _failed(m, "send", started, exc, channel)
-                raise
-            m.sent("send", "ok", time.perf_counter() - started)
-            if receivers == 0:
-                m.dropped("send", "no_subscriber")
-
-        async def group_send(self, group, message):
-            m = _layer_metrics()
-            if m is None:
-                return await self._get_layer().group_send(group, message)
-            return await super().group_send(group, message)
-
-        async def _wsm_group_send(self, group, message):
-            await self._get_layer().group_send(group, message)
-            return None, 0
-
-        def _get_layer(self):
-            # channels_redis's, building our loop layer (publish answers its receiver count).
-            loop = _redis_pubsub.asyncio.get_running_loop()
-            try:
-                return self._layers[loop]
-            except KeyError:
-                layer = self._layers[loop] = _PubSubLoopLayer(
-                    *self._args, **self._kwargs, channel_layer=self)
-                _redis_pubsub._wrap_close(self, loop)
-                return layer

@@ -217,92 +217,7 @@ def set_capacity():
         CAPACITY.labels(config["NODE"]).set(config["CAPACITY"])
 
 
-# --- Channel layers (wsmonitor.layers) -------------------------------------------------
-# Layer sends happen in consumers, views, Celery tasks and management commands alike, so
-# these carry ``node`` but not ``consumer``; only the delivery histogram, observed in the
-# receiving consumer, knows its consumer.
-
-LAYER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-                 30, 60)
-GROUP_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000)
-
-LAYER_SENDS = Counter(
-    "ws_layer_sends",
-    "Channel-layer sends by kind (send, group_send) and outcome (ok; full: the channel was full "
-    "or a group_send skipped at least one member; error: the layer raised).",
-    ("node", "kind", "outcome"),
-)
-LAYER_SEND_SECONDS = Histogram(
-    "ws_layer_send_seconds", "Time one channel-layer send or group_send took.",
-    ("node", "kind"), buckets=LAYER_BUCKETS,
-)
-LAYER_GROUP_SIZE = Histogram(
-    "ws_layer_group_size",
-    "Members a group_send reached (Redis and in-memory layers; members skipped for capacity "
-    "are in ws_layer_messages_dropped_total).",
-    ("node",), buckets=GROUP_SIZE_BUCKETS,
-)
-LAYER_DELIVERY = Histogram(
-    "ws_layer_delivery_seconds",
-    "Time from a channel-layer send to the start of the receiving consumer's handler "
-    "(wall clocks of two hosts: includes their skew).",
-    LABELS, buckets=LAYER_BUCKETS,
-)
-LAYER_DROPPED = Counter(
-    "ws_layer_messages_dropped",
-    "Channel-layer deliveries lost, one per (message, member): reason full (capacity; kind send, "
-    "group_send, or receive: channels_redis's per-process buffer) or no_subscriber (pub/sub).",
-    ("node", "kind", "reason"),
-)
-
-LAYER_KINDS = ("send", "group_send")
-LAYER_OUTCOMES = ("ok", "full", "error")
-LAYER_DROPS = (("send", "full"), ("group_send", "full"), ("receive", "full"),
-               ("send", "no_subscriber"))
-
-
-class LayerMetrics:
-    """The labelled layer children of one node, resolved once."""
-
-    def __init__(self, node):
-        self.node = node
-        self.sends = {(kind, outcome): LAYER_SENDS.labels(node, kind, outcome)
-                      for kind in LAYER_KINDS for outcome in LAYER_OUTCOMES}
-        self.seconds = {kind: LAYER_SEND_SECONDS.labels(node, kind) for kind in LAYER_KINDS}
-        self.group_size = LAYER_GROUP_SIZE.labels(node)
-        for kind, reason in LAYER_DROPS:  # start at 0, so rate() sees the first loss
-            LAYER_DROPPED.labels(node, kind, reason)
-
-    def sent(self, kind, outcome, seconds):
-        self.sends[kind, outcome].inc()
-        self.seconds[kind].observe(seconds)
-
-    def dropped(self, kind, reason, count=1):
-        if count:
-            LAYER_DROPPED.labels(self.node, kind, reason).inc(count)
-
-
-_layer_metrics = {}
-_delivery = {}
-
-
-def layer(node):
-    """Return the cached :class:`LayerMetrics` of ``node``."""
-    try:
-        return _layer_metrics[node]
-    except KeyError:
-        _layer_metrics[node] = result = LayerMetrics(node)
-        return result
-
-
-def delivery(consumer, node):
-    """Return the cached ``ws_layer_delivery_seconds`` child of a consumer label."""
-    try:
-        return _delivery[consumer, node]
-    except KeyError:
-        _delivery[consumer, node] = child = LAYER_DELIVERY.labels(consumer, node)
-        return child
-
+# Channel-layer instruments live with the layers: wsmonitor.layer_metrics.
 
 # --- Multiprocess mode (wsmonitor.multiprocess) ----------------------------------------
 PROCESS_START = Gauge(
@@ -323,6 +238,9 @@ _MOVED = {
     "STREAM_OUTCOMES": "streaming", "BoundStream": "streaming", "bound_stream": "streaming",
     "CLIENT_RECONNECTS": "reconnect", "RECONNECT_ATTEMPTS": "reconnect",
     "reconnect_attempts_label": "reconnect", "count_reconnect": "reconnect",
+    **dict.fromkeys(("LAYER_BUCKETS", "GROUP_SIZE_BUCKETS", "LAYER_SENDS", "LAYER_SEND_SECONDS",
+                     "LAYER_GROUP_SIZE", "LAYER_DELIVERY", "LAYER_DROPPED", "LAYER_KINDS",
+                     "LAYER_OUTCOMES", "LAYER_DROPS", "LayerMetrics"), "layer_metrics"),
 }
 
 

@@ -1,0 +1,435 @@
+"""The console in one process: permissions, what a session shows, escaping, closing, Redis."""
+
+import json
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import Permission, User
+from django.test import Client, override_settings
+from django.urls import include, path
+
+from wsmonitor.console import charts, snapshot, store
+
+from . import consumers
+
+urlpatterns = [path("console/", include("wsmonitor.console.urls"))]
+
+CONSOLE_SETTINGS = {
+    "ROOT_URLCONF": __name__,
+    "SESSION_ENGINE": "django.contrib.sessions.backends.signed_cookies",
+    "MIDDLEWARE": [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ],
+    "STATIC_URL": "/static/",
+    "LOGIN_URL": "/login/",
+    "TEMPLATES": [{"BACKEND": "django.template.backends.django.DjangoTemplates",
+                   "APP_DIRS": True,
+                   "OPTIONS": {"context_processors": [
+                       "django.template.context_processors.request"]}}],
+}
+NODE = "console-node"
+HOSTILE = "<script>alert('x')</script>\"quoted\" & \x1b[31m\x00end"
+
+
+@pytest.fixture
+def console(settings):
+    for key, value in CONSOLE_SETTINGS.items():
+        setattr(settings, key, value)
+    settings.WSMONITOR = {"NODE": NODE, "CONSOLE_INTERVAL": 0.5, "LOGS": False}
+    return settings
+
+
+def make_user(name, staff=True, perms=()):
+    user = User.objects.create_user(name, password="unused-" + name, is_staff=staff)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename,
+                                                         content_type__app_label="wsmonitor"))
+    return user
+
+
+def client_for(user, csrf=False):
+    client = Client(enforce_csrf_checks=csrf)
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def publisher():
+    return snapshot.get_publisher()
+
+
+# --- Access ----------------------------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_nobody_without_the_permissions_sees_data(console):
+    anonymous = client_for(None)
+    response = anonymous.get("/console/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/?next=")
+    for url in ("/console/api/fleet", "/console/api/sessions", "/console/api/closed"):
+        assert anonymous.get(url).status_code == 403
+    assert anonymous.post("/console/sessions/x/close", {"code": 4000}).status_code == 403
+
+    outsiders = [make_user("plain", staff=False, perms=["view_console", "close_sessions"]),
+                 make_user("staff-no-perm")]
+    inactive = make_user("former", perms=["view_console"])
+    inactive.is_active = False
+    inactive.save()
+    for user in outsiders:
+        client = client_for(user)
+        for url in ("/console/", "/console/api/fleet", "/console/api/sessions",
+                    "/console/sessions/x/"):
+            response = client.get(url)
+            assert response.status_code == 403, (user, url)
+            assert NODE.encode() not in response.content
+        assert client.post("/console/sessions/x/close", {"code": 4000}).status_code == 403
+    assert client_for(inactive).get("/console/").status_code == 302  # logged out by Django
+
+    viewer = client_for(make_user("viewer", perms=["view_console"]))
+    assert viewer.get("/console/").status_code == 200
+    data = viewer.get("/console/api/fleet").json()
+    assert [p["node"] for p in data["processes"]] == [NODE]
+    assert "registry is off" in data["note"]
+    # Viewing is not closing.
+    assert viewer.post("/console/sessions/x/close", {"code": 4000, "confirm": "yes"}
+                       ).status_code == 403
+    assert viewer.post(f"/console/processes/{publisher().process}/drain",
+                       {"confirm": "yes"}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_close_needs_a_csrf_token(console):
+    closer = make_user("closer", perms=["view_console", "close_sessions"])
+    client = client_for(closer, csrf=True)
+    response = client.post("/console/sessions/x/close", {"code": 4000, "confirm": "yes"})
+    assert response.status_code == 403 and b"CSRF" in response.content
+
+
+# --- One process, no registry ----------------------------------------------------------------
+
+async def connect(path="/ws/echo/", headers=(), subprotocols=None):
+    communicator = WebsocketCommunicator(consumers.Echo.as_asgi(), path, headers=list(headers),
+                                         subprotocols=subprotocols)
+    connected, _ = await communicator.connect(timeout=3)
+    assert connected
+    await communicator.send_to(text_data="session")
+    session_id = (await communicator.receive_from(timeout=3)).split()[0]
+    return communicator, session_id
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_is_listed_with_live_counts_and_closed_from_the_console(console):
+    viewer = await sync_to_async(make_user)("viewer", perms=["view_console", "close_sessions"])
+    client = await sync_to_async(client_for)(viewer)
+    communicator, session_id = await connect()
+    for text in ("a", "bb", "ccc"):
+        await communicator.send_to(text_data=text)
+        assert await communicator.receive_from(timeout=3) == text
+
+    data = (await sync_to_async(client.get)("/console/api/sessions",
+                                            {"session": session_id[:8]})).json()
+    (entry,) = data["sessions"]
+    assert entry["session_id"] == session_id
+    # "session" and three echoes: counted by the connection, as ws_messages_total counts them
+    assert (entry["messages_in"], entry["messages_out"]) == (4, 4)
+    assert (entry["bytes_in"], entry["bytes_out"]) == (7 + 6, 73 + 6)
+    assert (entry["consumer"], entry["path"], entry["node"]) == ("Echo", "/ws/echo/", NODE)
+    assert entry["route"] == "local" and entry["closable"]
+    assert (await sync_to_async(client.get)("/console/api/sessions", {"consumer": "Nope"})
+            ).json()["total"] == 0
+
+    page = await sync_to_async(client.get)(f"/console/sessions/{session_id}/")
+    assert b'id="close-button"' in page.content
+    unconfirmed = await sync_to_async(client.post)(
+        f"/console/sessions/{session_id}/close", {"code": "4000"})
+    assert "confirmation" in unconfirmed["Location"]
+    assert await communicator.receive_nothing(timeout=0.2)
+    response = await sync_to_async(client.post)(
+        f"/console/sessions/{session_id}/close", {"code": "4000", "confirm": "yes"})
+    assert response.status_code == 302 and "done=" in response["Location"]
+    closed = await communicator.receive_output(timeout=3)
+    assert closed == {"type": "websocket.close", "code": 4000}
+    await communicator.wait(timeout=3)
+
+    publisher().sample(snapshot.get_config())  # what the sampler thread does every interval
+    data = (await sync_to_async(client.get)("/console/api/closed")).json()
+    mine = [c for c in data["closed"] if c["session_id"] == session_id]
+    assert len(mine) == 1 and mine[0]["code"] == 4000
+    assert (await sync_to_async(client.get)("/console/api/sessions",
+                                            {"session": session_id})).json()["total"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_hostile_strings_are_shown_as_text(console):
+    viewer = await sync_to_async(make_user)("viewer", perms=["view_console"])
+    client = await sync_to_async(client_for)(viewer)
+    long = "A" * 10_000 + "<b>"
+    communicator, session_id = await connect(
+        "/ws/" + HOSTILE.replace("\x00", "") + "/",
+        headers=[(b"user-agent", (HOSTILE + long).encode())], subprotocols=[HOSTILE, long])
+    try:
+        listing = (await sync_to_async(client.get)("/console/")).content.decode()
+        detail = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")
+                  ).content.decode()
+        for html in (listing, detail):
+            assert "<script>alert" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)" in html
+            assert "\x1b" not in html and "\\x1b[31m" in html
+        assert "&quot;quoted&quot; &amp;" in detail and "<b>" not in detail
+        assert "\x00" not in detail and "\\x00end" in detail  # the user agent kept the NUL
+        assert len(detail) < 20_000  # 10 KB strings are clipped at snapshot.MAX_TEXT
+        api = (await sync_to_async(client.get)("/console/api/sessions")).json()
+        assert api["sessions"][0]["user_agent"].startswith(HOSTILE)  # JSON: exact, escaped
+    finally:
+        await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_close_all_of_a_process_and_the_trace_link(console):
+    from wsmonitor.testing import span_exporter
+
+    exporter = span_exporter()
+    console.WSMONITOR = {**console.WSMONITOR, "CONSOLE_DRAIN_CODE": 4012,
+                         "CONSOLE_TRACE_URL": "https://jaeger.example/trace/{trace_id}?x=1&y=2"}
+    closer = await sync_to_async(make_user)("closer", perms=["view_console", "close_sessions"])
+    client = await sync_to_async(client_for)(closer)
+    opened = [await connect() for _ in range(3)]
+    session_id = opened[0][1]
+    page = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")).content.decode()
+    entry = (await sync_to_async(client.get)(f"/console/api/sessions/{session_id}")).json()
+    assert len(entry["trace_id"]) == 32
+    assert f'href="https://jaeger.example/trace/{entry["trace_id"]}?x=1&amp;y=2"' in page
+    process = publisher().process
+    refused = await sync_to_async(client.post)(f"/console/processes/{process}/drain", {})
+    assert refused.status_code == 400  # not confirmed
+    response = await sync_to_async(client.post)(
+        f"/console/processes/{process}/drain", {"confirm": "yes"},
+        headers={"Accept": "application/json"})
+    assert response.json() == {"sent": 3, "skipped": 0, "code": 4012}
+    for communicator, _ in opened:
+        assert await communicator.receive_output(timeout=3) == {
+            "type": "websocket.close", "code": 4012}
+        await communicator.wait(timeout=3)
+    connection_spans = [s for s in exporter.get_finished_spans()
+                        if format(s.context.trace_id, "032x") == entry["trace_id"]]
+    assert connection_spans  # the link leads to the session's own trace
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_middleware_only_sessions_of_other_processes_have_no_button(console):
+    from wsmonitor.console import closing
+
+    entry = {"session_id": "s", "process": "other", "kind": "middleware", "closable": True,
+             "channel": None}
+    assert closing.reach(entry, "me") == (None, closing.MIDDLEWARE_ONLY)
+    entry.update(kind="async", channel="specific..inmemory!abc")
+    assert closing.reach(entry, "me") == (None, closing.IN_MEMORY)
+    entry.update(channel="specific.abc!def")
+    assert closing.reach(entry, "me") == ("layer", None)
+    assert closing.reach({**entry, "process": "me"}, "me") == ("local", None)
+
+
+def test_redaction_keeps_addresses_and_names_in_the_process(console):
+    console.WSMONITOR = {"NODE": NODE, "REDACT_CLIENTS": True, "LOGS": False}
+
+    class Conn:
+        session_id, label, accepted_at, span, owner = "s", "Echo", time.monotonic(), None, None
+        scope = {"path": "/x", "client": ("10.1.2.3", 5555), "user": type(
+            "U", (), {"is_authenticated": True, "get_username": lambda self: "alice"})()}
+        messages_in = messages_out = bytes_in = bytes_out = 0
+
+    entry = snapshot.identity(Conn(), "p", NODE, 1, True)
+    assert entry["client"] == snapshot.REDACTED
+    assert snapshot._user(Conn.scope, True) == snapshot.REDACTED
+    assert snapshot._user(Conn.scope, False) == "alice"
+
+
+# --- Redis: every process, and 10,000 sessions ------------------------------------------------
+
+@pytest.fixture
+def console_redis(console, redis_url):
+    import redis
+
+    console.WSMONITOR = {"NODE": NODE, "REGISTRY_URL": redis_url, "CONSOLE_INTERVAL": 0.5,
+                         "LOGS": False}
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=snapshot.PREFIX + "*"):
+        client.delete(key)
+    yield client
+    for key in client.scan_iter(match=snapshot.PREFIX + "*"):
+        client.delete(key)
+    client.close()
+
+
+def fake_process(client, name, sessions, published_at=None, points=()):
+    process = f"{name}:1:abcd"
+    now = time.time()
+    client.set(snapshot.PROCESS_KEY + process, json.dumps({
+        "process": process, "node": name, "pid": 1, "started_at": now - 60,
+        "published_at": published_at or now, "interval": 0.5, "active": len(sessions),
+        "multiprocess": False}), ex=60)
+    if sessions:
+        pipe = client.pipeline(transaction=False)
+        items = [(json.loads(v)["session_id"], v) for v in sessions.values()]
+        for start in range(0, len(items), 2000):
+            pipe.hset(snapshot.SESSIONS_KEY + process, mapping=dict(items[start:start + 2000]))
+        pipe.execute()
+    index = [[e["session_id"], e["opened_at"], e["consumer"], e["path"], e["user"]]
+             for e in map(json.loads, sessions.values())]
+    client.set(snapshot.INDEX_KEY + process, json.dumps(index), ex=60)
+    for point in points:
+        client.rpush(snapshot.SERIES_KEY + process, json.dumps(point))
+    return process
+
+
+def fake_session(i, node, now):
+    return json.dumps({
+        "session_id": f"{i:08d}-1111-2222-3333-444444444444", "process": f"{node}:1:abcd",
+        "node": node, "pid": 1, "consumer": "ChatConsumer" if i % 2 else "EchoConsumer",
+        "kind": "async", "path": f"/ws/chat/room-{i % 97}/", "client": f"10.0.{i % 250}.1:5{i % 9999}",
+        "user": f"user{i}", "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/130",
+        "subprotocol": None, "requested_subprotocols": None, "opened_at": now - i,
+        "trace_id": None, "layer": "default", "channel": f"specific.abc!{i}",
+        "messages_in": i, "messages_out": 2 * i, "bytes_in": 10 * i, "bytes_out": 20 * i,
+        "rtt": None, "groups": None, "closable": True})
+
+
+@pytest.mark.django_db
+def test_every_process_in_redis_and_stale_ones_marked(console_redis):
+    now = time.time()
+    points = [{"t": now - 10 + i, "active": i, "connects": 6 * i, "closes": 0, "in": 10 * i,
+               "out": 20 * i, "errors": 0, "codes": {"1000": i},
+               "rtt": {"0.005": i, "0.025": 2 * i, "+Inf": 2 * i}} for i in range(10)]
+    fake_process(console_redis, "other-node", {"x": fake_session(1, "other-node", now)},
+                 points=points)
+    fake_process(console_redis, "quiet-node", {}, published_at=now - 30)
+    viewer = client_for(make_user("viewer", perms=["view_console"]))
+    publisher().sample(snapshot.get_config())  # this process publishes too
+    data = viewer.get("/console/api/fleet").json()
+    by_node = {p["node"]: p for p in data["processes"]}
+    assert set(by_node) == {NODE, "other-node", "quiet-node"} and data["note"] is None
+    assert by_node["quiet-node"]["state"] == "stale" and by_node["other-node"]["state"] == "live"
+    other = by_node["other-node"]["last"]
+    assert other["connects/min"]["connects"] == "360.0"  # 6 per second
+    assert other["messages/s"] == {"in": "10.0", "out": "20.0"}
+    # Half the round trips in the last minute fell under 5 ms, all under 25 ms.
+    assert other["heartbeat RTT"]["p50"] == "5.0 ms"
+    html = viewer.get("/console/?part=fleet").content.decode()
+    assert html.count("<polyline") >= 3 * 6 and "quiet-node" in html
+    listing = viewer.get("/console/api/sessions", {"node": "other-node"}).json()
+    assert listing["total"] == 1 and listing["sessions"][0]["route"] == "layer"
+
+
+@pytest.mark.django_db
+def test_ten_thousand_sessions_first_render_and_page_size(console_redis, capsys):
+    now = time.time()
+    per_node = 5000
+    for node in ("big-a", "big-b"):
+        fake_process(console_redis, node, {f"{i:08d}": fake_session(i, node, now)
+                                           for i in range(per_node)})
+    viewer = client_for(make_user("viewer", perms=["view_console"]))
+    viewer.get("/console/api/fleet")  # warm up templates and imports
+    started = time.perf_counter()
+    response = viewer.get("/console/")
+    first = time.perf_counter() - started
+    assert response.status_code == 200
+    size = len(response.content)
+    sizes = [len(viewer.get("/console/", {"page": p}).content) for p in (2, 100, 200)]
+    api = viewer.get("/console/api/sessions", {"page": 3})
+    filtered = viewer.get("/console/api/sessions", {"path": "room-5/", "node": "big-b"}).json()
+    with capsys.disabled():
+        print(f"\n10,000 sessions: first render {first * 1000:.0f} ms, {size / 1024:.1f} KB; "
+              f"pages {[round(s / 1024, 1) for s in sizes]} KB; JSON page "
+              f"{len(api.content) / 1024:.1f} KB")
+    assert "10000 open" in response.content.decode().replace("\n", " ")
+    assert first < 1.0
+    assert max([size, *sizes, len(api.content)]) < 200 * 1024
+    assert filtered["total"] == len([i for i in range(per_node) if i % 97 == 5])
+
+
+# --- Charts -----------------------------------------------------------------------------------
+
+def test_quantile_matches_prometheus_interpolation():
+    buckets = {"0.005": 50, "0.025": 100, "0.1": 100, "+Inf": 100}
+    assert charts.quantile(0.5, buckets) == pytest.approx(0.005)
+    assert charts.quantile(0.75, buckets) == pytest.approx(0.015)
+    assert charts.quantile(0.5, {"0.005": 0, "+Inf": 0}) is None
+    assert charts.quantile(0.99, {"0.005": 0, "0.1": 0, "+Inf": 3}) == 0.1
+
+
+def test_rates_never_go_negative():
+    points = [{"t": 0, "c": 5}, {"t": 2, "c": 9}, {"t": 4, "c": 9}]
+    assert charts.rates(points, "c", 60) == [(2, 120.0), (4, 0.0)]
+
+
+def test_filters():
+    sessions = [{"session_id": "abc", "consumer": "A", "node": "n1", "path": "/ws/x/",
+                 "user": "Alice", "opened_at": 1},
+                {"session_id": "abd", "consumer": "B", "node": "n2", "path": "/ws/y/",
+                 "user": None, "opened_at": 2}]
+    assert [s["session_id"] for s in store.filter_sessions(sessions, {"session": "ab"})] == \
+        ["abd", "abc"]
+    assert store.filter_sessions(sessions, {"user": "alice"})[0]["consumer"] == "A"
+    assert store.filter_sessions(sessions, {"path": "/y/", "node": "n1"}) == []
+
+
+# --- System checks ----------------------------------------------------------------------------
+
+def test_console_checks(console):
+    from wsmonitor.checks import check_console
+
+    console.INSTALLED_APPS = [*console.INSTALLED_APPS, "django.contrib.sessions",
+                              "django.contrib.staticfiles"]
+    console.LOGIN_URL = "/console/"  # any page that resolves
+    assert check_console(None) == []
+    console.LOGIN_URL = "/nowhere/"
+    assert [w.id for w in check_console(None)] == ["wsmonitor.W103"]
+    console.LOGIN_URL = "https://sso.example.com/login"  # elsewhere: not ours to resolve
+    console.MIDDLEWARE = []
+    console.INSTALLED_APPS = [a for a in console.INSTALLED_APPS if a != "django.contrib.sessions"]
+    warnings = check_console(None)
+    assert [w.id for w in warnings] == ["wsmonitor.W101", "wsmonitor.W102"]
+    assert "django.contrib.sessions" in warnings[0].msg
+    assert "AuthenticationMiddleware" in warnings[1].msg
+    console.ROOT_URLCONF = "wsmonitor.urls"  # no console: nothing to say
+    assert check_console(None) == []
+
+
+def test_group_memberships_where_the_layer_records_them(console):
+    from channels.layers import channel_layers
+
+    from wsmonitor.console.views import _display
+
+    class Layer:
+        _wsm_joined = {"specific.a!b": {"chat.lobby": time.time() - 90}}
+
+    channel_layers.backends["console-test"] = Layer()
+    try:
+        groups = snapshot.group_memberships("specific.a!b", "console-test")
+        assert [g for g, _ in groups] == ["chat.lobby"]
+        assert snapshot.group_memberships("specific.other!c", "console-test") == []
+        assert snapshot.group_memberships("specific.a!b", "no-such-alias") is None
+        entry = {"session_id": "s", "opened_at": time.time(), "groups": groups,
+                 "layer": "console-test", "closable": True, "process": "p"}
+        shown = _display(entry, time.time(), "p")["groups"]
+        assert shown == [{"name": "chat.lobby", "age": "1m 30s", "expires_in": "23h 58m"}]
+    finally:
+        del channel_layers.backends["console-test"]
+
+
+@pytest.mark.parametrize("setting, check_id", [
+    ({"CONSOLE": "yes"}, "wsmonitor.E020"),
+    ({"CONSOLE_INTERVAL": 0}, "wsmonitor.E021"),
+    ({"CONSOLE_HISTORY": 1, "CONSOLE_INTERVAL": 5}, "wsmonitor.E021"),
+    ({"CONSOLE_PAGE_SIZE": 0}, "wsmonitor.E022"),
+    ({"CONSOLE_TRACE_URL": "http://jaeger/trace/"}, "wsmonitor.E023"),
+    ({"CONSOLE_DRAIN_CODE": 1012}, "wsmonitor.E024"),
+])
+def test_console_settings_are_checked(setting, check_id):
+    from wsmonitor.conf import validate
+
+    assert [problem[0] for problem in validate(setting)] == [check_id]
+    assert validate({"CONSOLE_TRACE_URL": "http://jaeger/trace/{trace_id}",
+                     "CONSOLE_DRAIN_CODE": 4012, "CONSOLE_INTERVAL": 0.5}) == []

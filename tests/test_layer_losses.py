@@ -1,0 +1,176 @@
+"""Expiry losses counted exactly against what readers really received (real Redis, in memory)."""
+
+import asyncio
+import time
+import uuid
+
+from wsmonitor import layers
+from wsmonitor.testing import MetricsSnapshot, assert_metric_diff
+
+DROPPED = "ws_layer_messages_dropped_total"
+LAPSED = "ws_layer_memberships_lapsed_total"
+
+
+def redis_layer(redis_url, prefix, **kwargs):
+    return layers.RedisChannelLayer(
+        hosts=[{"address": redis_url, "socket_timeout": None}], prefix=prefix, **kwargs)
+
+
+async def receive_all(layer, channel, timeout=0.3):
+    got = []
+    while True:
+        try:
+            got.append(await asyncio.wait_for(layer.receive(channel), timeout))
+        except asyncio.TimeoutError:
+            return got
+
+
+async def test_in_memory_message_expiry_and_the_group_deliveries_it_costs():
+    layer = layers.InMemoryChannelLayer(expiry=1)
+    slow, fast = await layer.new_channel(), await layer.new_channel()
+    for channel in (slow, fast):
+        await layer.group_add("room", channel)
+    before = MetricsSnapshot.collect()
+    for n in range(3):
+        await layer.group_send("room", {"type": "m", "n": n})
+    got_fast = [await layer.receive(fast) for _ in range(3)]
+    await asyncio.sleep(1.1)  # the slow member's three messages expire
+    for n in range(3, 5):  # the first of these cleans: slow is out of every group
+        await layer.group_send("room", {"type": "m", "n": n})
+    got_fast += [await layer.receive(fast) for _ in range(2)]
+    got_slow = [m for m in await receive_all(layer, slow)]
+    sent = 5 * 2
+    assert len(got_fast) == 5 and got_slow == []
+    # three expired in the slow member's queue, then it is out of every group: the two
+    # sends after that miss it, one each
+    assert_metric_diff(before, DROPPED, 5, kind="group_send", reason="expired")
+    assert_metric_diff(before, DROPPED, 0, kind="group_send", reason="group_expiry")
+    lost = (MetricsSnapshot.collect().value(DROPPED, reason="expired")
+            - before.value(DROPPED, reason="expired"))
+    assert lost == sent - len(got_fast) - len(got_slow) == 5
+
+
+async def test_in_memory_group_expiry_counts_each_missed_delivery():
+    layer = layers.InMemoryChannelLayer(group_expiry=1)
+    old = await layer.new_channel()
+    await layer.group_add("room", old)
+    await asyncio.sleep(1.05)
+    young = await layer.new_channel()
+    await layer.group_add("room", young)
+    await asyncio.sleep(1.0)  # int(now) - 1 has passed old's join time
+    before = MetricsSnapshot.collect()
+    for n in range(4):
+        await layer.group_send("room", {"type": "m", "n": n})
+    got = {c: len(await receive_all(layer, c, 0.1)) for c in (old, young)}
+    assert got[young] == 4 and got[old] == 0
+    assert_metric_diff(before, DROPPED, 4, kind="group_send", reason="group_expiry")
+    assert_metric_diff(before, DROPPED, 4, reason="group_expiry")  # the lapse itself is no loss
+    assert_metric_diff(before, LAPSED, 1)
+    await layer.group_discard("room", old)  # it left: nothing more is lost
+    await layer.group_send("room", {"type": "m"})
+    assert_metric_diff(before, DROPPED, 4, kind="group_send", reason="group_expiry")
+
+
+async def test_redis_expiry_is_counted_per_member_by_the_sender(redis_url):
+    """Process A's members never read (a stalled process); B sends; entries expire on B's sends."""
+    prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
+    node_a, node_b = (redis_layer(redis_url, prefix, expiry=2) for _ in range(2))
+    members = [await node_a.new_channel() for _ in range(3)]
+    try:
+        for channel in members:
+            await node_a.group_add("room", channel)
+        before = MetricsSnapshot.collect()
+        started = time.time()
+        await node_b.group_send("room", {"type": "m", "n": 0})  # one entry listing 3 members
+        await node_b.send(members[0], {"type": "direct"})
+        await asyncio.sleep(1.5)
+        # Keeps the key alive: Redis would otherwise delete it whole, uncounted, at expiry.
+        await node_b.send(members[0], {"type": "direct"})
+        await asyncio.sleep(max(0, started + 3.1 - time.time()))
+        await node_b.send(members[0], {"type": "direct"})  # removes the two expired entries
+        await node_b.group_send("room", {"type": "m", "n": 1})
+        got = []
+        for channel in members:
+            got += await receive_all(node_a, channel)
+        assert sorted(m.get("n", -1) for m in got) == [-1, -1, 1, 1, 1]
+        sent = 3 + 1 + 1 + 1 + 3
+        # Both entries sit on process A's one key: B's next send removes (and counts) them.
+        assert_metric_diff(before, DROPPED, 4, kind="send", reason="expired")
+        assert_metric_diff(before, DROPPED, 0, kind="group_send", reason="expired")
+        assert sent - len(got) == 4
+    finally:
+        await node_a.flush()
+        await node_b.flush()
+
+
+async def test_redis_group_expiry_is_seen_from_the_members_side(redis_url):
+    """The member's process marks its lapsed membership; every sender counts what it misses."""
+    prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
+    member_node, sender = (redis_layer(redis_url, prefix, group_expiry=1) for _ in range(2))
+    channel = await member_node.new_channel()
+    reader = asyncio.ensure_future(receive_all(member_node, channel, 4.5))
+    try:
+        await member_node.group_add("room", channel)
+        started = time.time()
+        before = MetricsSnapshot.collect()
+        await sender.group_send("room", {"type": "m", "n": 0})  # delivered
+        await asyncio.sleep(max(0, started + 2.3 - time.time()))  # lapsed and marked
+        for n in range(1, 4):
+            await sender.group_send("room", {"type": "m", "n": n})
+        got = await reader
+        assert [m["n"] for m in got] == [0]
+        assert_metric_diff(before, DROPPED, 3, kind="group_send", reason="group_expiry")
+        assert_metric_diff(before, DROPPED, 3, reason="group_expiry")  # the lapse itself is no loss
+        assert_metric_diff(before, LAPSED, 1)
+        await member_node.group_discard("room", channel)
+        await sender.group_send("room", {"type": "m"})
+        assert_metric_diff(before, DROPPED, 3, kind="group_send", reason="group_expiry")
+    finally:
+        await member_node.flush()
+        await sender.flush()
+
+
+async def test_redis_rejoining_after_a_lapse_ends_the_count(redis_url):
+    """group_add again (the fix for long-lived members) makes a lapsed member live again."""
+    prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
+    member_node, sender = (redis_layer(redis_url, prefix, group_expiry=1) for _ in range(2))
+    channel = await member_node.new_channel()
+    reader = asyncio.ensure_future(receive_all(member_node, channel, 4.0))
+    try:
+        await member_node.group_add("room", channel)
+        started = time.time()
+        await asyncio.sleep(max(0, started + 2.3 - time.time()))  # lapsed and marked
+        before = MetricsSnapshot.collect()
+        await sender.group_send("room", {"type": "m", "n": 0})  # missed
+        await member_node.group_add("room", channel)
+        for n in range(1, 3):
+            await sender.group_send("room", {"type": "m", "n": n})
+        got = await reader
+        assert [m["n"] for m in got] == [1, 2]
+        assert_metric_diff(before, DROPPED, 1, reason="group_expiry")
+    finally:
+        await member_node.flush()
+        await sender.flush()
+
+
+async def test_redis_key_deleted_whole_by_expire_is_the_documented_gap(redis_url):
+    """No send reaches a stalled process's key for `expiry` seconds: Redis deletes the key
+    itself, where no wsmonitor code runs. Lost, and not counted (docs/channel-layers.md)."""
+    prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
+    node_a, node_b = (redis_layer(redis_url, prefix, expiry=1) for _ in range(2))
+    channel = await node_a.new_channel()
+    try:
+        before = MetricsSnapshot.collect()
+        for n in range(3):
+            await node_b.send(channel, {"type": "m", "n": n})
+        connection = node_b.connection(node_b.consistent_hash(channel))
+        key = node_b.prefix + node_b.non_local_name(channel)
+        deadline = time.monotonic() + 5
+        while await connection.exists(key):  # Redis expires the key after 1 s
+            assert time.monotonic() < deadline, "the key did not expire"
+            await asyncio.sleep(0.1)
+        assert await receive_all(node_a, channel) == []
+        assert_metric_diff(before, DROPPED, 0, reason="expired")  # 3 lost, 0 counted
+    finally:
+        await node_a.flush()
+        await node_b.flush()

@@ -1,0 +1,453 @@
+"""What each server process publishes for the console, every ``CONSOLE_INTERVAL`` seconds.
+
+A daemon thread per process samples, off the event loop and never per message:
+
+* its open sessions (identity fixed at open, live counts read from the connection),
+* its counters, read from the same Prometheus instruments ``/metrics`` exports,
+  appended to a ring of ``CONSOLE_HISTORY`` seconds for the charts,
+* the connections that closed since the last sample (recorded by the ``closed`` hook).
+
+With ``REGISTRY_URL`` the snapshot goes to Redis (see :mod:`wsmonitor.console.store`) so
+a console on any node sees every process; only sessions whose counts changed are
+rewritten. Without it the console reads this object directly.
+"""
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections import deque
+
+from ..conf import get_config
+from ..logging import logger
+
+PREFIX = "wsmonitor:console:"
+PROCESS_KEY = PREFIX + "process:"  # JSON document of one process
+SESSIONS_KEY = PREFIX + "sessions:"  # hash: session ID -> JSON entry
+SERIES_KEY = PREFIX + "series:"  # list: the chart ring, oldest first
+CLOSED_KEY = PREFIX + "closed:"  # list: recent closes, newest first
+#: JSON list of [session ID, opened_at, consumer, path, user] per process: what the sessions
+#: page filters and sorts on, parsed in one call instead of one per session.
+INDEX_KEY = PREFIX + "index:"
+
+#: Longest client-controlled string kept (path, user agent, user name, subprotocol).
+MAX_TEXT = 2048
+REDACTED = "redacted"
+
+
+def clip(value):
+    if value is None:
+        return None
+    value = value if isinstance(value, str) else str(value)
+    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + "…"
+
+
+def timing(config):
+    """(interval, stale after, gone after) in seconds."""
+    interval = config["CONSOLE_INTERVAL"]
+    return interval, 2.5 * interval, max(config["REGISTRY_TTL"], 6 * interval)
+
+
+def open_connections():
+    """This process's accepted, unfinished connections (a copy)."""
+    from .. import connection
+
+    live = getattr(connection, "open_connections", None)
+    if live is not None:
+        return list(live())
+    return [c for c in list(connection._unfinished)  # before the lifecycle API existed
+            if c.accepted_at is not None and not c.finished]
+
+
+def _user(scope, redact):
+    """The user name; "" for an anonymous user; None when the ASGI stack sets no user."""
+    user = scope.get("user")
+    if user is None:
+        return None
+    from django.utils.functional import LazyObject, empty
+
+    if isinstance(user, LazyObject) and user._wrapped is empty:
+        return None  # never resolved: reading it here would query the database
+    try:
+        if not user.is_authenticated:
+            return ""
+        name = user.get_username()
+    except Exception:
+        return None
+    return REDACTED if redact else clip(name)
+
+
+def _header(scope, name):
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return clip(value.decode("latin-1"))
+    return None
+
+
+def _trace_id(conn):
+    span = getattr(conn, "span", None)
+    if span is None:
+        return None
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else None
+
+
+def last_rtt(conn):
+    """The newest heartbeat round trip of ``conn`` in seconds, where the heartbeat keeps one."""
+    state = getattr(conn, "state", None) or {}
+    heartbeat = state.get("heartbeat")
+    if heartbeat is None:
+        heartbeat = getattr(getattr(conn, "owner", None), "_wsm_heartbeat", None)
+    value = getattr(heartbeat, "last_rtt", None)
+    return round(value, 6) if isinstance(value, (int, float)) else None
+
+
+def group_memberships(channel, alias):
+    """``[[group, joined_at], ...]`` of a channel, where its layer records memberships, else None.
+
+    wsmonitor's layer classes keep, per process, which local channel joined which group
+    when (``_wsm_joined``); other layers cannot tell.
+    """
+    if not channel:
+        return None
+    from channels.layers import channel_layers
+
+    layer = channel_layers.backends.get(alias or "default")  # never create one here
+    joined = getattr(layer, "_wsm_joined", None)
+    if not isinstance(joined, dict):
+        return None
+    groups = joined.get(channel) or {}
+    return [[clip(group), at] for group, at in list(groups.items())]
+
+
+def identity(conn, process, node, pid, redact):
+    """What is fixed for the session's whole life: computed once."""
+    scope = conn.scope
+    owner = getattr(conn, "owner", None)
+    kind = getattr(conn, "kind", None)
+    if kind is None:
+        from channels.consumer import AsyncConsumer
+
+        kind = "middleware" if owner is None else (
+            "async" if isinstance(owner, AsyncConsumer) else "sync")
+    opened_at = getattr(conn, "opened_at", None)
+    if opened_at is None:
+        opened_at = time.time() - (time.monotonic() - conn.accepted_at)
+    client = scope.get("client")
+    address = f"{client[0]}:{client[1]}" if client else None
+    requested = scope.get("subprotocols") or ()
+    return {
+        "session_id": conn.session_id, "process": process, "node": node, "pid": pid,
+        "consumer": clip(conn.label), "kind": kind, "path": clip(scope.get("path")),
+        "client": REDACTED if (redact and address) else clip(address),
+        "user_agent": _header(scope, b"user-agent"),
+        "subprotocol": clip(getattr(conn, "subprotocol", None)),
+        "requested_subprotocols": clip(", ".join(map(str, requested))) or None,
+        "opened_at": opened_at, "trace_id": _trace_id(conn),
+        "layer": getattr(conn, "layer_alias", None) or getattr(owner, "channel_layer_alias", None),
+        "channel": getattr(conn, "channel_name", None) or getattr(owner, "channel_name", None),
+    }
+
+
+def _closable(conn):
+    value = getattr(conn, "closable", None)
+    if value is None:  # before the lifecycle API: only consumers have a close handler
+        return getattr(conn, "owner", None) is not None
+    return bool(value)
+
+
+def describe(conn, static):
+    """``static`` plus the live part of one session."""
+    entry = dict(static)
+    entry.update(
+        user=static.get("user"), messages_in=conn.messages_in, messages_out=conn.messages_out,
+        bytes_in=conn.bytes_in, bytes_out=conn.bytes_out, rtt=last_rtt(conn),
+        groups=group_memberships(static["channel"], static["layer"]),
+        closable=_closable(conn))
+    return entry
+
+
+# --- Counters, read from the instruments /metrics exports -----------------------------------
+
+def read_counters(node):
+    """This process's totals for ``node``: the figures the fleet charts draw."""
+    from .. import metrics
+
+    totals = {"connects": 0.0, "closes": 0.0, "in": 0.0, "out": 0.0, "errors": 0.0}
+    codes, rtt = {}, {}
+
+    def samples(instrument, suffix):
+        for family in instrument.collect():
+            for sample in family.samples:
+                if sample.name.endswith(suffix) and sample.labels.get("node") == node:
+                    yield sample
+
+    for sample in samples(metrics.CONNECTS, "_total"):
+        totals["connects"] += sample.value
+    for sample in samples(metrics.CLOSES, "_total"):
+        totals["closes"] += sample.value
+        code = sample.labels["code"]
+        codes[code] = codes.get(code, 0) + sample.value
+    for sample in samples(metrics.MESSAGE_SIZE, "_count"):
+        totals[sample.labels["direction"]] += sample.value
+    for sample in samples(metrics.ERRORS, "_total"):
+        totals["errors"] += sample.value
+    for sample in samples(metrics.HEARTBEAT_RTT, "_bucket"):
+        rtt[sample.labels["le"]] = rtt.get(sample.labels["le"], 0) + sample.value
+    return totals, {code: n for code, n in codes.items() if n}, rtt
+
+
+# --- The publisher --------------------------------------------------------------------------
+
+class Publisher:
+    """This process's sampler and, with a registry URL, its writer to Redis."""
+
+    def __init__(self):
+        config = get_config()
+        self.node, self.pid = config["NODE"], os.getpid()
+        self.process = f"{self.node}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.started_at = time.time()
+        self.lock = threading.Lock()
+        self.series = deque(maxlen=self._ring_length(config))
+        self.recent = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])  # newest last
+        self.unpushed = deque()  # closes not written to Redis yet
+        self.identities = {}  # session ID -> identity dict
+        self.published = {}  # session ID -> the JSON last written to Redis
+        self.index = None  # the index last written to Redis
+        self.document = None  # the newest process document
+        self.previous = {}  # session ID -> conn at the last sample (without the closed hook)
+        self.thread = None
+        self.wake = threading.Event()
+        self.store = None
+        self.full = True  # rewrite everything in Redis at the next flush
+        self.failing = False
+
+    @staticmethod
+    def _ring_length(config):
+        return max(2, int(config["CONSOLE_HISTORY"] / config["CONSOLE_INTERVAL"]) + 1)
+
+    # --- hooks (event loop) ---
+    def opened(self, conn):
+        self.ensure_running()
+
+    def closed(self, conn):
+        """Record a close; runs once per connection on the event loop, no I/O."""
+        static = self.identities.pop(conn.session_id, None)
+        if static is None:
+            redact = get_config()["REDACT_CLIENTS"]
+            static = identity(conn, self.process, self.node, self.pid, redact)
+            static["user"] = _user(conn.scope, redact)
+        entry = describe(conn, static)
+        code = conn.code
+        if not isinstance(code, int):
+            code = 1005 if code is None else None
+        now = time.time()
+        entry.update(code=code, closed_by=getattr(conn, "closed_by", None), closed_at=now,
+                     duration=round(now - entry["opened_at"], 3), closable=False)
+        self.recent.append(entry)
+        self.unpushed.append(entry)
+
+    # --- the thread ---
+    def ensure_running(self):
+        if self.thread is not None and self.thread.is_alive():
+            return
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="wsmonitor-console",
+                                               daemon=True)
+                self.thread.start()
+
+    def _run(self):
+        while True:
+            config = get_config()
+            if not config["CONSOLE"]:
+                return
+            try:
+                self.sample(config)
+            except Exception as exc:
+                if not self.failing and config["LOGS"]:
+                    logger.warning("ws_console_error", error=f"{type(exc).__name__}: {exc}")
+                self.failing, self.full = True, True
+            else:
+                if self.failing and config["LOGS"]:
+                    logger.info("ws_console_recovered")
+                self.failing = False
+            self.wake.wait(config["CONSOLE_INTERVAL"])
+            self.wake.clear()
+
+    def sessions(self, config=None):
+        """``{session ID: entry}`` of this process's open sessions, read now."""
+        config = config or get_config()
+        redact = config["REDACT_CLIENTS"]
+        conns = open_connections()
+        result = {}
+        identities = self.identities
+        for conn in conns:
+            static = identities.get(conn.session_id)
+            if static is None:
+                static = identities[conn.session_id] = identity(
+                    conn, self.process, self.node, self.pid, redact)
+                static["user"] = _user(conn.scope, redact)
+            elif static.get("user") is None and "user" in conn.scope:
+                static["user"] = _user(conn.scope, redact)
+            result[conn.session_id] = describe(conn, static)
+        if not _has_closed_hook():
+            current = {conn.session_id: conn for conn in conns}
+            for session_id, conn in self.previous.items():
+                if session_id not in current:
+                    self.closed(conn)
+            self.previous = current
+        for session_id in list(identities):
+            if session_id not in result:
+                identities.pop(session_id, None)
+        return result
+
+    def sample(self, config):
+        now = time.time()
+        sessions = self.sessions(config)
+        totals, codes, rtt = read_counters(self.node)
+        point = {"t": round(now, 3), "active": len(sessions), **totals, "codes": codes,
+                 "rtt": rtt}
+        if self.series.maxlen != self._ring_length(config):
+            self.series = deque(self.series, maxlen=self._ring_length(config))
+        self.series.append(point)
+        self.document = {
+            "process": self.process, "node": self.node, "pid": self.pid,
+            "started_at": self.started_at, "published_at": now,
+            "interval": config["CONSOLE_INTERVAL"], "active": len(sessions),
+            "multiprocess": _multiprocess(),
+            "users_known": any(s.get("user") is not None for s in sessions.values()),
+        }
+        if config["REGISTRY_URL"]:
+            self._flush(config, sessions, point)
+
+    def _flush(self, config, sessions, point):
+        from .store import redis_client
+
+        if self.store is None or self.store[0] != config["REGISTRY_URL"]:
+            self.store = (config["REGISTRY_URL"], redis_client(config["REGISTRY_URL"]))
+            self.full = True
+        client = self.store[1]
+        _, _, gone = timing(config)
+        ttl = max(1, int(gone))
+        history = max(ttl, int(config["CONSOLE_HISTORY"]))
+        keep = config["CONSOLE_CLOSED_KEEP"]
+        process = self.process
+        full = self.full
+        encoded = {sid: json.dumps(entry, separators=(",", ":"))
+                   for sid, entry in sessions.items()}
+        if full:
+            changed, removed = encoded, []
+        else:
+            published = self.published
+            changed = {sid: text for sid, text in encoded.items() if published.get(sid) != text}
+            removed = [sid for sid in published if sid not in encoded]
+        closes = list(self.unpushed)
+        index = [[e["session_id"], e["opened_at"], e["consumer"], e["path"], e["user"]]
+                 for e in sessions.values()]
+        pipe = client.pipeline(transaction=False)
+        pipe.exists(PROCESS_KEY + process)
+        sessions_key, series_key = SESSIONS_KEY + process, SERIES_KEY + process
+        if full:
+            pipe.delete(sessions_key, series_key)
+            series = [json.dumps(p, separators=(",", ":")) for p in self.series]
+            if series:
+                pipe.rpush(series_key, *series)
+        else:
+            pipe.rpush(series_key, json.dumps(point, separators=(",", ":")))
+        pipe.ltrim(series_key, -self.series.maxlen, -1)
+        pipe.expire(series_key, ttl)
+        if changed:
+            pipe.hset(sessions_key, mapping=changed)
+        if removed:
+            pipe.hdel(sessions_key, *removed)
+        pipe.expire(sessions_key, ttl)
+        if full or index != self.index:
+            pipe.set(INDEX_KEY + process, json.dumps(index, separators=(",", ":")), ex=ttl)
+        else:
+            pipe.expire(INDEX_KEY + process, ttl)
+        pipe.set(PROCESS_KEY + process, json.dumps(self.document), ex=ttl)
+        if closes:
+            closed_key = CLOSED_KEY + process
+            pipe.lpush(closed_key, *(json.dumps(c, separators=(",", ":")) for c in closes))
+            pipe.ltrim(closed_key, 0, keep - 1)
+            pipe.expire(closed_key, history)
+        results = pipe.execute()
+        self.published, self.index = encoded, index
+        self.full = False
+        for _ in closes:
+            self.unpushed.popleft()
+        if not results[0] and not full:
+            self.full = True  # Redis lost our keys (restarted, flushed): rewrite next time
+
+    # --- reading this process directly (no registry) ---
+    def local_state(self):
+        self.ensure_running()
+        document = dict(self.document or {
+            "process": self.process, "node": self.node, "pid": self.pid,
+            "started_at": self.started_at, "published_at": time.time(),
+            "interval": get_config()["CONSOLE_INTERVAL"], "multiprocess": _multiprocess()})
+        sessions = self.sessions()
+        document["active"] = len(sessions)
+        document["users_known"] = any(s.get("user") is not None for s in sessions.values())
+        return document, sessions, list(self.series), list(reversed(self.recent))
+
+    def stop(self):
+        """Stop the thread at its next wake-up (tests)."""
+        self.wake.set()
+
+
+def _multiprocess():
+    from .. import multiprocess
+
+    return bool(multiprocess.directory())
+
+
+def _has_closed_hook():
+    return _feature_registered
+
+
+_feature_registered = False
+_publisher = None
+_publisher_lock = threading.Lock()
+
+
+def get_publisher():
+    """This process's publisher (a new one after a fork or a change of node)."""
+    global _publisher
+    current = _publisher
+    if current is None or current.pid != os.getpid() or current.node != get_config()["NODE"]:
+        with _publisher_lock:
+            current = _publisher
+            if (current is None or current.pid != os.getpid()
+                    or current.node != get_config()["NODE"]):
+                _publisher = current = Publisher()
+    return current
+
+
+def install():
+    """Plug the console into every connection's lifecycle (where the feature API exists)."""
+    global _feature_registered
+    try:
+        from .. import features
+    except ImportError:
+        return False
+
+    class ConsoleFeature(features.Feature):
+        name = "console"
+
+        def opened(self, conn):
+            if get_config()["CONSOLE"]:
+                get_publisher().opened(conn)
+
+        def closed(self, conn):
+            if get_config()["CONSOLE"]:
+                get_publisher().closed(conn)
+
+    features.register(ConsoleFeature())
+    _feature_registered = True
+    return True
+
+
+install()  # like the built-in features: plugged in when wsmonitor's AppConfig imports it
