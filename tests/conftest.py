@@ -385,3 +385,17 @@ def pytest_collection_modifyitems(config, items):
             if (fixtures & rule["fixtures"] or words & rule["names"]
                     or words & rule["strings"]):
                 item.add_marker(getattr(pytest.mark, mark))
+
+
+@pytest.fixture(autouse=True)
+def _close_connections_of_the_sync_thread(request):
+    """A database test leaves its connection open; the next test's consumer (channels closes
+    old connections on every message, and asgiref shows it the test thread's) would find it
+    and trip pytest-django's guard. Close it in both threads that may hold one."""
+    yield
+    if request.node.get_closest_marker("django_db"):
+        from asgiref.sync import SyncToAsync
+        from django.db import connections
+
+        connections.close_all()
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
