@@ -90,6 +90,11 @@ def startup_problems():
     return problems
 
 
+def disabled(distribution):
+    """Whether a feature relying on ``distribution``'s internals has switched itself off."""
+    return distribution in _warned
+
+
 def disable(distribution, reason):
     """Log once that a feature relying on ``distribution``'s internals is off, and why."""
     if distribution in _warned:
