@@ -20,7 +20,7 @@ logger = logging.getLogger("wsmonitor")
 TESTED = {
     "Django": ("5.2", "5.2"),
     "channels": ("4.3.0", "4.3"),
-    "channels-redis": ("4.0.0", "4.3"),
+    "channels-redis": ("4.2.1", "4.3"),
     "redis": ("4.6.0", "8.1"),
     "prometheus-client": ("0.14.1", "0.26"),
     "structlog": ("21.5.0", "26.1"),
