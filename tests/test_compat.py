@@ -135,3 +135,23 @@ def test_group_names_are_checked_the_way_channels_checks_them():
     for bad in ("bad name", "x" * 100, "émoji"):
         with pytest.raises(TypeError):
             compat.require_valid_group_name(layer, bad)
+
+
+def test_the_app_logs_versions_outside_the_range_at_start_up():
+    # daphne never runs system checks: ready() says it where the server logs.
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    code = ("import os, django\n"
+            "from wsmonitor import compat\n"
+            "compat.TESTED['Django'] = ('1.0', '1.0')\n"
+            "os.environ['DJANGO_SETTINGS_MODULE'] = 'tests.settings'\n"
+            "django.setup()\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines()
+             if "wsmonitor.W004" in line]
+    assert len(lines) == 1 and "Django" in lines[0] and "newer than the newest" in lines[0]

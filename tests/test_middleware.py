@@ -165,3 +165,20 @@ async def test_other_protocols_pass_through():
 
     await WSMonitorMiddleware(http_app)({"type": "http"}, None, None)
     assert calls == ["http"]
+
+
+async def test_an_origin_channels_cannot_parse_is_refused_not_an_error():
+    # channels' OriginValidator raises ValueError on a port that is not a number: a client
+    # could otherwise turn every handshake into HTTP 500 and an application error.
+    from channels.security.websocket import OriginValidator
+
+    before = MetricsSnapshot.collect()
+    app = WSMonitorMiddleware(OriginValidator(router(), ["http://testserver"]))
+    for origin in (b"http://testserver:abc", b"http://testserver:99999999"):
+        communicator = WebsocketCommunicator(app, "/ws/third/", headers=[(b"origin", origin)])
+        assert not (await communicator.connect(timeout=3))[0], origin
+        await communicator.disconnect(timeout=3)
+    labels = {"consumer": "websocket"}
+    assert_metric_diff(before, "ws_connects_rejected_total", 2, reason="denied", **labels)
+    assert_metric_diff(before, "ws_connects_rejected_total", 0, reason="error", **labels)
+    assert_metric_diff(before, "ws_errors_total", 0, **labels)

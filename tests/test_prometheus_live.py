@@ -148,7 +148,7 @@ async def test_prometheus_answers_what_the_clients_did(start_daphne, prometheus_
             assert await asyncio.wait_for(ws.recv(), 5) == f"hello {round_}"
     sel = f'node="{NODE}", consumer="EchoConsumer"'
 
-    # Seed query: open connections per node (sum over consumers and processes).
+    # Recipe: open connections per node (sum over consumers and processes).
     await until(prom, "sum by (node) (ws_connections_active)", "node", {NODE: 5})
     await until(prom, f"sum by (direction) (ws_messages_total{{{sel}}})", "direction",
                 {"in": 25, "out": 25})
@@ -158,7 +158,7 @@ async def test_prometheus_answers_what_the_clients_did(start_daphne, prometheus_
     await sockets[2].close(code=4000)  # declared by the demo
     await until(prom, f"sum by (code) (ws_closes_total{{{sel}}}) > 0", "code",
                 {"1006": 1, "1000": 1, "4000": 1})
-    # Seed query: abnormal-closure rate per node. wsmonitor starts the common
+    # Recipe: abnormal-closure rate per node. wsmonitor starts the common
     # code series at 0 with the consumer, so rate() sees the very first 1006.
     await eventually(
         lambda: prom.query('sum by (node) (rate(ws_closes_total{code="1006"}[5m]))', "node")
@@ -169,7 +169,7 @@ async def test_prometheus_answers_what_the_clients_did(start_daphne, prometheus_
 
     sockets[3].transport.abort()
     await until(prom, f'ws_closes_total{{{sel}, code="1006"}}', "code", {"1006": 2})
-    # Corrected seed query: connect and close rates side by side. All 5 connects
+    # Corrected recipe: connect and close rates side by side. All 5 connects
     # were counted before the first scrape saw the series, so (as for 1006) it
     # takes one more connect for the connect rate to leave 0.
     late = await client(daphne, "/ws/echo/")

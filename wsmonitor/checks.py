@@ -43,7 +43,7 @@ def feature_errors():
 
 def startup_problems():
     """What ``ready()`` logs, because servers such as daphne never run system checks."""
-    return settings_errors() + feature_errors()
+    return settings_errors() + feature_errors() + version_warnings()
 
 
 @register(Tags.compatibility)

@@ -19,8 +19,8 @@ logger = logging.getLogger("wsmonitor")
 #: (scripts/matrix.sh) runs the fast suite at both ends; a "newest" of "5.2" covers 5.2.x.
 TESTED = {
     "Django": ("5.2", "5.2"),
-    "channels": ("4.3.0", "4.3"),
-    "channels-redis": ("4.0.0", "4.3"),
+    "channels": ("4.2.2", "4.3"),
+    "channels-redis": ("4.2.1", "4.3"),
     "redis": ("4.6.0", "8.1"),
     "prometheus-client": ("0.14.1", "0.26"),
     "structlog": ("21.5.0", "26.1"),
@@ -88,6 +88,11 @@ def startup_problems():
             if problem:
                 problems.append(problem)
     return problems
+
+
+def disabled(distribution):
+    """Whether a feature relying on ``distribution``'s internals has switched itself off."""
+    return distribution in _warned
 
 
 def disable(distribution, reason):

@@ -57,6 +57,15 @@ def _chain(exc):
         seen += 1
 
 
+def _origin(scope):
+    """The Origin header as sent (None when absent), at most 200 characters; the log
+    renderers escape what it holds."""
+    for name, value in scope.get("headers") or ():
+        if name == b"origin":
+            return bytes(value[:200]).decode("latin-1")
+    return None
+
+
 class Connection:
     """Metrics, logs and the connection span of one socket, from handshake to close.
 
@@ -256,8 +265,18 @@ class Connection:
         if self.metrics is not None:
             self.metrics.rejected(reason)
         if self.logs:
+            # Who refused and the Origin sent tell a client without an Origin header (most
+            # command-line clients), a foreign origin and a consumer's own refusal apart.
+            origin = _origin(self.scope)
+            by = "application" if self.kind == "middleware" else "consumer"
+            extra = {}
+            if reason == "denied" and origin is None and by == "application":
+                extra["hint"] = ("the client sent no Origin header, which origin validators "
+                                 "such as AllowedHostsOriginValidator refuse")
+            client = self.scope.get("client")
             logger.info("ws_reject", consumer=self.label, path=self.scope.get("path"),
-                        reason=reason)
+                        reason=reason, by=by, origin=origin,
+                        client=f"{client[0]}:{client[1]}" if client else None, **extra)
 
     def error(self, stage, exc, span=None):
         """Count an exception once, at the innermost stage that saw it.

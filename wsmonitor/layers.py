@@ -12,6 +12,7 @@ import time
 from channels import layers as _channels_layers
 from channels.exceptions import ChannelFull
 
+from . import compat
 from . import envelope as _envelope
 from . import features as _features
 from . import layer_metrics as _lm
@@ -200,7 +201,7 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
     async def _wsm_group_send(self, group, message):
         # channels' group_send, counting what it silently skips.
         assert isinstance(message, dict), "Message is not a dict"
-        self.require_valid_group_name(group)
+        compat.require_valid_group_name(self, group)
         self._wsm_cleaning = "group_send"
         try:
             self._clean_expired()

@@ -1,6 +1,5 @@
-"""Prometheus instruments, registered in the default registry that django-prometheus exports."""
-
-from bisect import bisect_left
+"""Prometheus instruments, registered in prometheus_client's default registry (served by
+wsmonitor.urls)."""
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -9,6 +8,7 @@ from prometheus_client.registry import Collector
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from . import compat
 from .conf import get_config
 
 LABELS = ("consumer", "node")
@@ -115,24 +115,10 @@ def close_code_label(code, declared=frozenset()):
 
 
 def observer(child):
-    """A cheaper ``child.observe`` for the per-message histograms.
-
-    prometheus_client's ``Histogram.observe`` checks observability and walks
-    the buckets linearly; this adds to the same sum and bucket values, found by
-    bisection, for about a third less per call. It falls back to ``observe``
-    if the client's internals ever differ (tests/test_metrics.py compares both).
-    """
-    try:
-        total, buckets, bounds = child._sum, child._buckets, tuple(child._upper_bounds)
-        total.inc, buckets[0].inc  # noqa: B018 - both value classes have inc
-    except (AttributeError, IndexError):
-        return child.observe
-
-    def observe(amount, _total=total.inc, _buckets=buckets, _bounds=bounds, _find=bisect_left):
-        _total(amount)
-        _buckets[_find(_bounds, amount)].inc(1)
-
-    return observe
+    """A cheaper ``child.observe`` for the per-message histograms (wsmonitor.histograms: no
+    locks, bisection), used only while prometheus_client's internals behave as tested
+    (wsmonitor.compat checks them once, else this is ``child.observe``)."""
+    return compat.histogram_observer(child)
 
 
 class BoundMetrics:

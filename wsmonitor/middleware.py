@@ -63,9 +63,28 @@ class WSMonitorMiddleware:
                 conn.error("application", exc)
             elif isinstance(exc, ValueError) and "No route found" in str(exc):
                 reason = "no_route"  # channels' URLRouter: a refusal, not an app error
+            elif _origin_unparsable(exc):
+                # channels' OriginValidator raises on an Origin whose port is not a number:
+                # client input, so the handshake is refused (403), not an application error.
+                crashed = None
+                await conn.send({"type": "websocket.close"})
+                return
             else:
                 conn.error("connect", exc)
             raise
         finally:
             conn.finish(crashed, reject_reason=reason)
             conn.leave(entered)
+
+
+def _origin_unparsable(exc):
+    """Whether ``exc`` is channels' origin check failing to parse the client's Origin header."""
+    if not isinstance(exc, ValueError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(("channels/security/websocket.py",
+                                                    "channels\\security\\websocket.py")):
+            return True
+        tb = tb.tb_next
+    return False

@@ -27,7 +27,7 @@ import sys
 
 from prometheus_client import Gauge, Histogram
 
-from . import features
+from . import compat, features
 from .conf import get_config
 
 #: Seconds between samples.
@@ -84,6 +84,11 @@ class _Sampler:
                 if backlog is not None and backlog_bytes is not None:
                     backlog_bytes.set(sum(backlog.values()))
                     backlog_connections.set(len(backlog))
+                elif backlog_bytes is not None and compat.disabled("Twisted"):
+                    # Not measurable after all: no series rather than a healthy-looking 0.
+                    SEND_BACKLOG_BYTES.remove(node)
+                    SEND_BACKLOG_CONNECTIONS.remove(node)
+                    backlog_bytes = backlog_connections = None
                 for alias, waiting in (await layer_backlog()).items():
                     LAYER_BACKLOG.labels(node, alias).set(waiting)
                     layers.add(alias)
@@ -153,12 +158,9 @@ def _twisted_reactor():
 
 
 def _pending_bytes(transport):
-    # twisted.internet.abstract.FileDescriptor keeps what the kernel did not take yet
-    # in dataBuffer (from offset on) and _tempDataBuffer (_tempDataLen bytes).
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except (AttributeError, TypeError):
-        return 0
+    # Twisted's private write buffers, read through wsmonitor.compat: None when they are
+    # not shaped as tested, and then the backlog is not measured at all.
+    return compat.twisted_pending_bytes(transport)
 
 
 def _is_websocket(transport):
@@ -177,6 +179,8 @@ def send_backlog():
         if not _is_websocket(transport):
             continue
         pending = _pending_bytes(transport)
+        if pending is None:
+            return None
         if pending > 0:
             try:
                 peer = transport.getPeer()

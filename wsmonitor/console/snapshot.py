@@ -192,8 +192,8 @@ class Publisher:
         self.lock = threading.Lock()
         self.series = deque(maxlen=self._ring_length(config))
         self.recent = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])  # newest last
-        # Closes not written to Redis yet; bounded, so a registry that is down (or none at all)
-        # never makes a process keep every close it ever saw.
+        # Closes not written to Redis yet; bounded like the list they go to, so a process with
+        # no registry (or a registry that is down) never grows it.
         self.unpushed = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])
         self.identities = {}  # session ID -> identity dict
         self.published = {}  # session ID -> the JSON last written to Redis
