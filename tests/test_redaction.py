@@ -85,6 +85,16 @@ async def test_redaction_covers_logs_spans_and_the_console(console, caplog):
     assert ADDRESS[0] not in kept and USER not in kept
 
 
+async def test_a_refused_handshake_is_logged_without_its_peer(settings, caplog):
+    caplog.set_level(logging.INFO)
+    for redact, shown in ((False, "10.1.2.3:5555"), (True, "redacted")):
+        settings.WSMONITOR = {"NODE": "redaction", "LOGS": True, "REDACT_CLIENTS": redact}
+        communicator = WebsocketCommunicator(with_client(consumers.Denied.as_asgi()), "/ws/")
+        assert not (await communicator.connect(timeout=3))[0]
+        rejects = [e for e in logged(caplog) if e["event"] == "ws_reject"]
+        assert rejects[-1]["client"] == shown
+
+
 def test_a_killed_application_is_logged_without_its_peer(settings, caplog):
     caplog.set_level(logging.INFO)
     protocol = "<WebSocketProtocol client=['10.1.2.3', 5555] path=b'/ws/slow/'>"

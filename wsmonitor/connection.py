@@ -273,10 +273,9 @@ class Connection:
             if reason == "denied" and origin is None and by == "application":
                 extra["hint"] = ("the client sent no Origin header, which origin validators "
                                  "such as AllowedHostsOriginValidator refuse")
-            client = self.scope.get("client")
             logger.info("ws_reject", consumer=self.label, path=self.scope.get("path"),
                         reason=reason, by=by, origin=origin,
-                        client=f"{client[0]}:{client[1]}" if client else None, **extra)
+                        client=client_address(self.scope, self.config), **extra)
 
     def error(self, stage, exc, span=None):
         """Count an exception once, at the innermost stage that saw it.
