@@ -2,7 +2,9 @@
 
 import asyncio
 import re
+from urllib.parse import parse_qs
 
+from opentelemetry import trace
 from prometheus_client import Counter
 
 from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer, InstrumentedAsyncWebsocketConsumer
@@ -49,6 +51,12 @@ class EchoConsumer(InstrumentedAsyncWebsocketConsumer):
         await self.send(text_data=text_data, bytes_data=bytes_data)
 
 
+def connection_trace_id():
+    """The trace ID of the connection span (current in connect()); None when tracing is off."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
 class ChatConsumer(JsonProtocol):
     """A room chat: every message goes to every member through the channel layer group."""
 
@@ -62,6 +70,10 @@ class ChatConsumer(JsonProtocol):
         self.group = "chat." + re.sub(r"[^A-Za-z0-9_.-]", "_", room)[:80]
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        # The chat page asks (?hello=1) to be told its session ID and trace ID.
+        if parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("hello") == ["1"]:
+            await self.send_json({"type": "session", "session_id": self.session_id,
+                                  "trace_id": connection_trace_id()})
 
     async def disconnect(self, code):
         await self.channel_layer.group_discard(self.group, self.channel_name)

@@ -1,7 +1,8 @@
 """The console in headless Chromium against two daphne nodes sharing Redis.
 
 Daphne serves ``tests.test_console_live:application``: the demo's routes behind
-``AuthMiddlewareStack``, so sessions carry their user.
+``AuthMiddlewareStack``, inside wsmonitor's middleware (the recommended order), so
+sessions carry their user.
 """
 
 import asyncio
@@ -43,8 +44,8 @@ def __getattr__(name):
 
     return ProtocolTypeRouter({
         "http": ASGIStaticFilesHandler(http),
-        # Outside wsmonitor's middleware, so the connection's scope carries the user.
-        "websocket": AuthMiddlewareStack(WSMonitorMiddleware(URLRouter(websocket_urlpatterns))),
+        # wsmonitor outermost: the consumer that adopts its connection brings the user.
+        "websocket": WSMonitorMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     })
 
 
@@ -240,6 +241,13 @@ async def test_ten_thousand_sessions_and_a_screenshot(browser, nodes, redis_url)
             await page.wait_for_selector("#sessions tbody tr[data-session]")
             users = await page.locator("#sessions tbody tr[data-session] td").nth(5).all_text_contents()
             assert users == ["boss"]
+            # The chat page was told its session ID (the console lists it as boss's) and that
+            # these servers trace nothing.
+            await chat.wait_for_function(
+                "document.getElementById('session-id').textContent.length === 36", timeout=5000)
+            mine = await chat.locator("#session-id").text_content()
+            assert await page.locator(f'#sessions tr[data-session="{mine}"]').count() == 1
+            assert await chat.locator("#trace-id").text_content() == "tracing is off"
             if os.environ.get("WSM_CONSOLE_SCREENSHOT"):  # docs/console.png
                 await some_traffic(node_a, node_b)
                 await page.goto(node_a.http_url("/wsmonitor/console/"))

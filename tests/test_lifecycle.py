@@ -209,7 +209,9 @@ async def test_close_code_label_set_stays_bounded():
         await communicator.send_input({"type": "websocket.disconnect", "code": code})
         await communicator.wait(timeout=3)
     codes = MetricsSnapshot.collect().label_values("ws_closes_total", "code")
-    allowed = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "3xxx", "4xxx", "invalid"}
+    # 4408 and 4012: wsmonitor's own heartbeat and console drain closes
+    allowed = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "4012", "3xxx", "4xxx",
+                                                     "invalid"}
     assert codes <= allowed, codes - allowed
 
 

@@ -26,8 +26,9 @@ async def next_output(communicator):
         output = await communicator.receive_output(TIMEOUT)
         if not (output["type"] == "websocket.send" and (output.get("text") or "").startswith(PING)):
             return output
-DECLARED = frozenset({4001, 4408})  # 4408: wsmonitor's own heartbeat close
-ALLOWED_CODES = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "3xxx", "4xxx", "invalid"}
+DECLARED = frozenset({4001, 4408, 4012})  # wsmonitor's own: heartbeat close, console drain
+ALLOWED_CODES = {str(c) for c in range(1000, 1016)} | {"4001", "4408", "4012", "3xxx", "4xxx",
+                                                       "invalid"}
 close_codes = st.one_of(
     st.none(), st.sampled_from([1000, 1001, 1006, 1011, 1012, 4001, 4000, 3000]),
     st.integers(min_value=-5, max_value=70000),

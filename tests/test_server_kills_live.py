@@ -41,5 +41,7 @@ async def test_each_kill_daphne_logs_is_counted_once_with_its_session(start_daph
     events = server.events("ws_application_killed")
     assert sorted(event["session_id"] for event in events) == sorted(sessions)
     assert {event["path"] for event in events} == {"/ws/stalls-on-disconnect/"}
-    # The killed connections still closed their books.
+    # The killed connections still closed their books, saying what happened.
     assert snapshot.value("ws_connections_active", consumer="StallsOnDisconnect") == 0
+    closes = {e["session_id"]: e["closed_by"] for e in server.events("ws_close")}
+    assert {closes.get(session_id) for session_id in sessions} == {"killed"}

@@ -21,8 +21,9 @@ from . import metrics as _metrics
 from . import tracing
 from .logging import logger
 
-#: ``closed_by`` values: who ended the connection.
-CLOSED_BY = ("client", "server", "heartbeat", "console", "shutdown", "error")
+#: ``closed_by`` values: who ended the connection ("killed": the client left, and the server
+#: cancelled the application that had not finished in time).
+CLOSED_BY = ("client", "server", "heartbeat", "console", "shutdown", "error", "killed")
 _NO_OPTIONS = {}
 
 
@@ -33,6 +34,18 @@ def payload_size(message):
         return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     data = message.get("bytes")
     return len(data) if data is not None else 0
+
+
+#: What ``REDACT_CLIENTS`` puts in logs and the console instead of an address or user name.
+REDACTED = "redacted"
+
+
+def client_address(scope, config):
+    """``host:port`` of the peer for logs, ``"redacted"`` under ``REDACT_CLIENTS``; None if unknown."""
+    client = scope.get("client")
+    if not client:
+        return None
+    return REDACTED if config["REDACT_CLIENTS"] else f"{client[0]}:{client[1]}"
 
 
 def _chain(exc):
@@ -62,9 +75,9 @@ class Connection:
     Readable by features and tools: ``session_id``, ``label``, ``scope``, ``kind``
     ("async", "sync" or "middleware"), ``accepted_at`` (monotonic) and ``opened_at``
     (wall clock), ``code`` (None while open), the ``messages_*`` and ``bytes_*``
-    counts, ``channel_name`` and ``layer_alias`` (the consumer's channel layer, if
-    any), ``closed_by`` (one of :data:`CLOSED_BY`, set on every path out) and
-    ``closable``.
+    counts, ``subprotocol`` (the accepted one), ``channel_name`` and ``layer_alias``
+    (the consumer's channel layer, if any), ``closed_by`` (one of :data:`CLOSED_BY`,
+    set on every path out) and ``closable``.
     """
 
     __slots__ = (
@@ -72,7 +85,7 @@ class Connection:
         "span", "config", "asgi_send", "accepted_at", "opened_at", "rejected", "code",
         "closed_by", "counted_error", "unrecorded_error", "finished", "adopted", "links",
         "messages_in", "messages_out", "bytes_in", "bytes_out", "channel_name", "layer_alias",
-        "absorb", "opened_features",
+        "absorb", "opened_features", "subprotocol",
     )
 
     def __init__(self, scope, label, config, asgi_send, metrics_on, logs_on, tracer,
@@ -84,6 +97,7 @@ class Connection:
         self.tracer = tracer  # None when tracing is off or no provider is installed
         self.span = None  # the ws.connection span
         self.accepted_at = self.opened_at = None
+        self.subprotocol = None  # the one the accept chose
         self.rejected = None  # the reject reason, once refused
         self.code = None  # the close code, once a close went out or came in
         self.closed_by = None
@@ -99,7 +113,8 @@ class Connection:
         self.relabel(label, metrics_on, logs_on, kind, options)
         self.links = None
         if tracer is not None:
-            self.span = tracing.start_connection_span(tracer, scope, self.session_id, label)
+            self.span = tracing.start_connection_span(tracer, scope, self.session_id, label,
+                                                      config["REDACT_CLIENTS"])
             self.links = [Link(self.span.get_span_context())]  # every message span's link
         _open.add(self)
 
@@ -218,17 +233,16 @@ class Connection:
         if m is not None:
             m.connects.inc()
             m.active.inc()
-        subprotocol = message.get("subprotocol")
+        subprotocol = self.subprotocol = message.get("subprotocol")
         if self.span is not None:
             if subprotocol:
                 self.span.set_attribute("websocket.subprotocol", subprotocol)
             if self.config["SPLIT_CONNECTION_SPAN"]:
                 self.span.end()
         if self.logs:
-            client = self.scope.get("client")
             logger.info(
                 "ws_open", consumer=self.label, path=self.scope.get("path"),
-                client=f"{client[0]}:{client[1]}" if client else None, subprotocol=subprotocol,
+                client=client_address(self.scope, self.config), subprotocol=subprotocol,
             )
         kind = self.kind
         opened = []
@@ -259,10 +273,9 @@ class Connection:
             if reason == "denied" and origin is None and by == "application":
                 extra["hint"] = ("the client sent no Origin header, which origin validators "
                                  "such as AllowedHostsOriginValidator refuse")
-            client = self.scope.get("client")
             logger.info("ws_reject", consumer=self.label, path=self.scope.get("path"),
                         reason=reason, by=by, origin=origin,
-                        client=f"{client[0]}:{client[1]}" if client else None, **extra)
+                        client=client_address(self.scope, self.config), **extra)
 
     def error(self, stage, exc, span=None):
         """Count an exception once, at the innermost stage that saw it.

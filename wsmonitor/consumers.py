@@ -98,6 +98,9 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             # wsmonitor's middleware runs outside: adopt its connection, so each
             # socket is counted once, under this consumer's label.
             conn.adopted = True
+            # The consumer's scope is a copy made inside the project's middleware stack: it
+            # carries what the stack added (AuthMiddlewareStack's user, the URL route).
+            conn.scope = scope
             conn.relabel(label, metrics_on, logs_on, cls._wsm_kind, options)
             asgi_send = send  # already the connection's counting send
         else:

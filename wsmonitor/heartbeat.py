@@ -93,6 +93,7 @@ class Heartbeat:
         self.unanswered_since = None  # when the oldest unanswered ping went out
         self.answered = 0
         self.last_answered = 0  # id of the newest ping answered
+        self.last_rtt = None  # seconds, of the newest pong that answered a remembered ping
         self.peer = conn.scope.get("client")  # for the send backlog in the timeout log
         self.task = None
 
@@ -199,9 +200,10 @@ class Heartbeat:
             pending.popleft()  # never answered: lost, or skipped by the client
         if pending and pending[0][0] == ident:
             _, sent = pending.popleft()
+            self.last_rtt = rtt = now - sent  # what the console shows per session
             if self.metrics is not None:
                 # The connection span's trace, when sampled: a high RTT leads to its session.
-                self.metrics.rtt.observe(now - sent, tracing.exemplar())
+                self.metrics.rtt.observe(rtt, tracing.exemplar())
         elif ident <= self.last_answered:
             return  # a duplicate
         # else: a ping too old to remember (MAX_PENDING): alive, but no RTT to observe

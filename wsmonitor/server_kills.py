@@ -15,13 +15,14 @@ cancels), and the series is not exported there.
 
 import asyncio
 import logging
+import re
 import sys
 
 from prometheus_client import Counter
 
 from . import features
 from .conf import get_config
-from .connection import open_connections
+from .connection import REDACTED, open_connections
 from .logging import logger
 
 KILLED = Counter(
@@ -35,6 +36,8 @@ UNKNOWN = "<unknown>"
 #: The logger and the words of daphne's kill warning (daphne.server.Server.application_checker).
 DAPHNE_LOGGER = "daphne.server"
 KILL_WORDS = "took too long to shut down and was killed"
+
+_CLIENT_IN_REPR = re.compile(r"client=(\[[^\]]*\]|\([^)]*\)|None)")
 
 _exported = set()  # consumer labels whose series exist (bounded: labels are class names)
 
@@ -79,11 +82,16 @@ def killed(task, protocol):
     """Count and log one application daphne killed (``protocol`` is its repr)."""
     conn = _find(task, protocol)
     consumer = conn.label if conn is not None else UNKNOWN
+    if conn is not None:
+        # daphne warns before it cancels: the books close after this, saying what happened.
+        conn.closed_by = "killed"
     _series(consumer).inc()
     if conn is not None and not conn.logs:
         return
     if conn is None and not get_config()["LOGS"]:
         return
+    if get_config()["REDACT_CLIENTS"]:  # daphne's repr names the peer: client=['host', port]
+        protocol = _CLIENT_IN_REPR.sub(f"client={REDACTED}", protocol)
     fields = {"consumer": consumer, "connection": protocol}
     if conn is not None:
         fields.update(session_id=conn.session_id, path=conn.scope.get("path"))

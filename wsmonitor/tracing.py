@@ -101,11 +101,12 @@ def exemplar(span=None):
     return None
 
 
-def start_connection_span(tracer, scope, session_id, label):
+def start_connection_span(tracer, scope, session_id, label, redact=False):
+    """The ``ws.connection`` span; ``redact`` (``REDACT_CLIENTS``) leaves out the peer address."""
     attributes = {"websocket.session.id": session_id, "url.path": scope.get("path", ""),
                   "wsmonitor.consumer": label}
     client = scope.get("client")
-    if client:
+    if client and not redact:
         attributes["client.address"] = client[0]
     for name, value in scope.get("headers", ()):
         if name.lower() == b"user-agent":

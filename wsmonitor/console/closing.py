@@ -1,7 +1,5 @@
 """Closing sessions from the console: in this process directly, on others through the layer."""
 
-import asyncio
-
 from asgiref.sync import async_to_sync
 
 from ..registry import CLOSE_EVENT
@@ -46,17 +44,7 @@ async def _close_local(session_id, code):
     conn = _local(session_id)
     if conn is None:
         return False
-    close = getattr(conn, "close", None)
-    if close is not None and asyncio.iscoroutinefunction(close):
-        return await close(code, by="console")
-    # Connections without a close method: ask the consumer through its own layer.
-    owner = getattr(conn, "owner", None)
-    channel = getattr(owner, "channel_name", None)
-    if channel is None:
-        return False
-    await owner.channel_layer.send(channel, {"type": CLOSE_EVENT, "code": code,
-                                             "session_id": session_id, "by": "console"})
-    return True
+    return await conn.close(code, by="console")
 
 
 async def _close_remote(entries, code):

@@ -19,7 +19,9 @@ import time
 import uuid
 from collections import deque
 
-from ..conf import get_config
+from .. import connection, features
+from .. import metrics as _metrics
+from ..conf import DEFAULTS, get_config
 from ..logging import logger
 
 PREFIX = "wsmonitor:console:"
@@ -31,9 +33,15 @@ CLOSED_KEY = PREFIX + "closed:"  # list: recent closes, newest first
 #: page filters and sorts on, parsed in one call instead of one per session.
 INDEX_KEY = PREFIX + "index:"
 
+#: "Close all" sends this by default. 1012 (service restart) is what the protocol means, but
+#: daphne lets applications send only 1000 and 3000-4999; reserved, so that
+#: ``ws_closes_total`` counts it as itself rather than as ``4xxx``.
+DRAIN_CODE = DEFAULTS["CONSOLE_DRAIN_CODE"]
+_metrics.reserve_close_code(DRAIN_CODE)
+
 #: Longest client-controlled string kept (path, user agent, user name, subprotocol).
 MAX_TEXT = 2048
-REDACTED = "redacted"
+REDACTED = connection.REDACTED
 
 
 def clip(value):
@@ -51,13 +59,7 @@ def timing(config):
 
 def open_connections():
     """This process's accepted, unfinished connections (a copy)."""
-    from .. import connection
-
-    live = getattr(connection, "open_connections", None)
-    if live is not None:
-        return list(live())
-    return [c for c in list(connection._unfinished)  # before the lifecycle API existed
-            if c.accepted_at is not None and not c.finished]
+    return list(connection.open_connections())
 
 
 def _user(scope, redact):
@@ -86,7 +88,7 @@ def _header(scope, name):
 
 
 def _trace_id(conn):
-    span = getattr(conn, "span", None)
+    span = conn.span
     if span is None:
         return None
     context = span.get_span_context()
@@ -94,13 +96,10 @@ def _trace_id(conn):
 
 
 def last_rtt(conn):
-    """The newest heartbeat round trip of ``conn`` in seconds, where the heartbeat keeps one."""
-    state = getattr(conn, "state", None) or {}
-    heartbeat = state.get("heartbeat")
-    if heartbeat is None:
-        heartbeat = getattr(getattr(conn, "owner", None), "_wsm_heartbeat", None)
-    value = getattr(heartbeat, "last_rtt", None)
-    return round(value, 6) if isinstance(value, (int, float)) else None
+    """The newest heartbeat round trip of ``conn`` in seconds; None before the first pong."""
+    heartbeat = conn.state.get("heartbeat")
+    value = None if heartbeat is None else heartbeat.last_rtt
+    return None if value is None else round(value, 6)
 
 
 def group_memberships(channel, alias):
@@ -124,37 +123,19 @@ def group_memberships(channel, alias):
 def identity(conn, process, node, pid, redact):
     """What is fixed for the session's whole life: computed once."""
     scope = conn.scope
-    owner = getattr(conn, "owner", None)
-    kind = getattr(conn, "kind", None)
-    if kind is None:
-        from channels.consumer import AsyncConsumer
-
-        kind = "middleware" if owner is None else (
-            "async" if isinstance(owner, AsyncConsumer) else "sync")
-    opened_at = getattr(conn, "opened_at", None)
-    if opened_at is None:
-        opened_at = time.time() - (time.monotonic() - conn.accepted_at)
     client = scope.get("client")
     address = f"{client[0]}:{client[1]}" if client else None
     requested = scope.get("subprotocols") or ()
     return {
         "session_id": conn.session_id, "process": process, "node": node, "pid": pid,
-        "consumer": clip(conn.label), "kind": kind, "path": clip(scope.get("path")),
+        "consumer": clip(conn.label), "kind": conn.kind, "path": clip(scope.get("path")),
         "client": REDACTED if (redact and address) else clip(address),
         "user_agent": _header(scope, b"user-agent"),
-        "subprotocol": clip(getattr(conn, "subprotocol", None)),
+        "subprotocol": clip(conn.subprotocol),
         "requested_subprotocols": clip(", ".join(map(str, requested))) or None,
-        "opened_at": opened_at, "trace_id": _trace_id(conn),
-        "layer": getattr(conn, "layer_alias", None) or getattr(owner, "channel_layer_alias", None),
-        "channel": getattr(conn, "channel_name", None) or getattr(owner, "channel_name", None),
+        "opened_at": conn.opened_at, "trace_id": _trace_id(conn),
+        "layer": conn.layer_alias, "channel": conn.channel_name,
     }
-
-
-def _closable(conn):
-    value = getattr(conn, "closable", None)
-    if value is None:  # before the lifecycle API: only consumers have a close handler
-        return getattr(conn, "owner", None) is not None
-    return bool(value)
 
 
 def describe(conn, static):
@@ -164,7 +145,7 @@ def describe(conn, static):
         user=static.get("user"), messages_in=conn.messages_in, messages_out=conn.messages_out,
         bytes_in=conn.bytes_in, bytes_out=conn.bytes_out, rtt=last_rtt(conn),
         groups=group_memberships(static["channel"], static["layer"]),
-        closable=_closable(conn))
+        closable=conn.closable)
     return entry
 
 
@@ -218,7 +199,6 @@ class Publisher:
         self.published = {}  # session ID -> the JSON last written to Redis
         self.index = None  # the index last written to Redis
         self.document = None  # the newest process document
-        self.previous = {}  # session ID -> conn at the last sample (without the closed hook)
         self.thread = None
         self.wake = threading.Event()
         self.store = None
@@ -245,10 +225,11 @@ class Publisher:
         if not isinstance(code, int):
             code = 1005 if code is None else None
         now = time.time()
-        entry.update(code=code, closed_by=getattr(conn, "closed_by", None), closed_at=now,
+        entry.update(code=code, closed_by=conn.closed_by, closed_at=now,
                      duration=round(now - entry["opened_at"], 3), closable=False)
         self.recent.append(entry)
-        self.unpushed.append(entry)
+        if get_config()["REGISTRY_URL"]:
+            self.unpushed.append(entry)
 
     # --- the thread ---
     def ensure_running(self):
@@ -294,12 +275,6 @@ class Publisher:
             elif static.get("user") is None and "user" in conn.scope:
                 static["user"] = _user(conn.scope, redact)
             result[conn.session_id] = describe(conn, static)
-        if not _has_closed_hook():
-            current = {conn.session_id: conn for conn in conns}
-            for session_id, conn in self.previous.items():
-                if session_id not in current:
-                    self.closed(conn)
-            self.previous = current
         for session_id in list(identities):
             if session_id not in result:
                 identities.pop(session_id, None)
@@ -378,7 +353,8 @@ class Publisher:
         results = pipe.execute()
         self.published, self.index = encoded, index
         self.full = False
-        for _ in closes:
+        sent = {id(c) for c in closes}  # those still queued: a full queue drops its oldest
+        while self.unpushed and id(self.unpushed[0]) in sent:
             self.unpushed.popleft()
         if not results[0] and not full:
             self.full = True  # Redis lost our keys (restarted, flushed): rewrite next time
@@ -406,11 +382,6 @@ def _multiprocess():
     return bool(multiprocess.directory())
 
 
-def _has_closed_hook():
-    return _feature_registered
-
-
-_feature_registered = False
 _publisher = None
 _publisher_lock = threading.Lock()
 
@@ -428,28 +399,19 @@ def get_publisher():
     return current
 
 
-def install():
-    """Plug the console into every connection's lifecycle (where the feature API exists)."""
-    global _feature_registered
-    try:
-        from .. import features
-    except ImportError:
-        return False
+class ConsoleFeature(features.Feature):
+    """Starts the sampler with the first connection and records every close."""
 
-    class ConsoleFeature(features.Feature):
-        name = "console"
+    name = "console"
 
-        def opened(self, conn):
-            if get_config()["CONSOLE"]:
-                get_publisher().opened(conn)
+    def opened(self, conn):
+        if get_config()["CONSOLE"]:
+            get_publisher().opened(conn)
 
-        def closed(self, conn):
-            if get_config()["CONSOLE"]:
-                get_publisher().closed(conn)
-
-    features.register(ConsoleFeature())
-    _feature_registered = True
-    return True
+    def closed(self, conn):
+        if get_config()["CONSOLE"]:
+            get_publisher().closed(conn)
 
 
-install()  # like the built-in features: plugged in when wsmonitor's AppConfig imports it
+# Like the built-in features: plugged in when wsmonitor's AppConfig imports this module.
+features.register(ConsoleFeature())
