@@ -260,6 +260,10 @@ def main(argv=None):
 
     if args.instructions:
         for tree in [os.path.abspath(t) for t in args.tree or ["."]]:
+            if args.only:  # the plain consumer runs no wsmonitor code: one count per machine
+                print(f"{tree} [{args.mode}]: {args.only} "
+                      f"{instructions(tree, args.only, args.mode, args.text):.0f} Ir/msg", flush=True)
+                continue
             counts = {name: instructions(tree, name, args.mode, args.text)
                       for name in ("plain", "instrumented")}
             print(f"{tree} [{args.mode}]: plain {counts['plain']:.0f} Ir/msg  instrumented "

@@ -223,23 +223,38 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 span.end()
 
     def _wsm_receive_span(self, conn, message):
-        """The span of one received message, from what was worked out once per connection."""
+        """The span of one received message: what it needs is worked out once per connection,
+        so a span the sampler drops costs the SDK's decision and little else."""
         prepared = self._wsm_receive
         if prepared is None or prepared[0] is not conn or prepared[1] != conn.label:
             prepared = self._wsm_receive = self._wsm_prepare_receive(conn)
-        _, _, on, name, field, new_trace, attributes = prepared
-        if not on:
+        _, _, name, field, context, links, attributes = prepared
+        if name is None:
             return None
-        parent = None if field is None else tracing.message_context(message.get("text"), field)
-        return tracing.start_handler_span(conn.tracer, name, parent, conn.span, None,
-                                          SpanKind.SERVER, new_trace, conn.links, attributes)
+        if field is not None:
+            parent = tracing.message_context(message.get("text"), field)
+            if parent is not None:  # the message carries its own trace context
+                return conn.tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
+                                              links=conn.links, attributes=attributes)
+        return conn.tracer.start_span(name, context=context, kind=SpanKind.SERVER, links=links,
+                                      attributes=attributes)
 
     def _wsm_prepare_receive(self, conn):
+        """(conn, label, span name or None when off, traceparent field or None, parent
+        context, links, attributes) of this connection's message spans; see
+        ``tracing.start_handler_span`` for the models."""
         config = conn.config
+        if not config["MESSAGE_SPANS"]:
+            return (conn, conn.label, None, None, None, None, None)
         json_consumer = isinstance(self, (AsyncJsonWebsocketConsumer, JsonWebsocketConsumer))
-        return (conn, conn.label, config["MESSAGE_SPANS"], f"{conn.label} receive",
-                config["TRACEPARENT_FIELD"] if json_consumer else None,
-                config["TRACE_MODEL"] == "message", {"websocket.session.id": conn.session_id})
+        if config["TRACE_MODEL"] == "message":
+            context, links = tracing.ROOT_CONTEXT, conn.links
+        else:
+            context, links = trace.set_span_in_context(conn.span), ()
+        # The SDK copies the attributes it records; a sampler sees them read-only.
+        return (conn, conn.label, f"{conn.label} receive",
+                config["TRACEPARENT_FIELD"] if json_consumer else None, context, links,
+                {"websocket.session.id": conn.session_id})
 
     def _wsm_handler_span(self, conn, stage, message, envelope=None):
         parent = tracing.envelope_context(envelope)
