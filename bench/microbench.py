@@ -183,9 +183,12 @@ def _idle_bytes(app, connections):
     return asyncio.run(main())
 
 
-def child(rounds, messages, text, only=None, mode="metrics", memory=0):
+def child(rounds, messages, text, only=None, mode="metrics", memory=0, freeze=False):
     """Measure this interpreter's wsmonitor: ``rounds`` alternating runs of each consumer."""
     apps = _setup(mode)
+    if freeze:
+        gc.collect()
+        gc.freeze()  # start-up's objects leave the collector's generations
     if memory:
         names = [only] if only else list(apps)
         return {name: [_idle_bytes(apps[name], memory)] for name in names}
@@ -216,7 +219,7 @@ def _child_env(tree):
     return env
 
 
-def instructions(tree, name, mode, text, short=2000, long=6000):
+def instructions(tree, name, mode, text, short=2000, long=6000, freeze=False):
     """Instructions per message under callgrind: (Ir(long) - Ir(short)) / (long - short).
 
     Both runs go in parallel; ``PYTHONHASHSEED`` is fixed so that dict and set layouts repeat.
@@ -228,7 +231,8 @@ def instructions(tree, name, mode, text, short=2000, long=6000):
             runs.append((out, subprocess.Popen(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                  sys.executable, os.path.abspath(__file__), "--only", name, "--rounds", "1",
-                 "--messages", str(messages), "--mode", mode, "--text", text],
+                 "--messages", str(messages), "--mode", mode, "--text", text]
+                + (["--gc-freeze"] if freeze else []),
                 env={**_child_env(tree), "PYTHONHASHSEED": "0"}, cwd=tree,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
         counts = []
@@ -255,6 +259,8 @@ def main(argv=None):
                         help="instructions per message under callgrind, per tree and consumer")
     parser.add_argument("--memory", type=int, default=0, metavar="N",
                         help="tracemalloc bytes per idle connection, N connections open")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() after start-up, as a server could once it is ready")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -262,7 +268,7 @@ def main(argv=None):
         for tree in [os.path.abspath(t) for t in args.tree or ["."]]:
             if args.only:  # the plain consumer runs no wsmonitor code: one count per machine
                 print(f"{tree} [{args.mode}]: {args.only} "
-                      f"{instructions(tree, args.only, args.mode, args.text):.0f} Ir/msg", flush=True)
+                      f"{instructions(tree, args.only, args.mode, args.text, freeze=args.gc_freeze):.0f} Ir/msg", flush=True)
                 continue
             counts = {name: instructions(tree, name, args.mode, args.text)
                       for name in ("plain", "instrumented")}
@@ -285,7 +291,8 @@ def main(argv=None):
                   f"{sizes['instrumented'] - sizes['plain']:+.0f} B/conn", flush=True)
         return
     if args.child or not args.tree:
-        results = child(args.rounds, args.messages, args.text, args.only, args.mode, args.memory)
+        results = child(args.rounds, args.messages, args.text, args.only, args.mode, args.memory,
+                        args.gc_freeze)
         if args.child or args.only:
             print(json.dumps(results))
             return
