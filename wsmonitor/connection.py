@@ -11,7 +11,8 @@ import atexit
 import time
 import uuid
 
-import structlog
+from structlog.contextvars import bind_contextvars as _bind_contextvars
+from structlog.contextvars import reset_contextvars as _reset_contextvars
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
@@ -81,11 +82,11 @@ class Connection:
     """
 
     __slots__ = (
-        "scope", "session_id", "label", "kind", "options", "state", "metrics", "logs", "tracer",
+        "scope", "session_id", "label", "kind", "options", "metrics", "logs", "tracer",
         "span", "config", "asgi_send", "accepted_at", "opened_at", "rejected", "code",
         "closed_by", "counted_error", "unrecorded_error", "finished", "adopted", "links",
         "messages_in", "messages_out", "bytes_in", "bytes_out", "channel_name", "layer_alias",
-        "absorb", "opened_features", "subprotocol",
+        "absorb", "opened_features", "subprotocol", "_state",
     )
 
     def __init__(self, scope, label, config, asgi_send, metrics_on, logs_on, tracer,
@@ -108,7 +109,7 @@ class Connection:
         self.channel_name = self.layer_alias = None
         self.absorb = None  # (message) -> bool, from features that swallow messages
         self.opened_features = ()
-        self.state = {}  # feature name -> that feature's per-connection state
+        self._state = None  # feature name -> that feature's per-connection state, once used
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
         self.relabel(label, metrics_on, logs_on, kind, options)
         self.links = None
@@ -117,6 +118,14 @@ class Connection:
                                                       config["REDACT_CLIENTS"])
             self.links = [Link(self.span.get_span_context())]  # every message span's link
         _open.add(self)
+
+    @property
+    def state(self):
+        """``{feature name: that feature's per-connection state}``, made on first use."""
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
 
     def relabel(self, label, metrics_on, logs_on, kind=None, options=None):
         """Take the identity of the consumer that adopts this connection."""
@@ -136,17 +145,18 @@ class Connection:
         Plain tokens rather than context managers: what is held for a
         connection's whole life is kept small (see docs/benchmarks.md).
         """
-        tokens = structlog.contextvars.bind_contextvars(session_id=self.session_id)
+        # Only the token is kept for the connection's life, not the dict it comes in.
+        token = _bind_contextvars(session_id=self.session_id)["session_id"]
         if self.span is None:
-            return tokens, None
-        return tokens, otel_context.attach(trace.set_span_in_context(self.span))
+            return token, None
+        return token, otel_context.attach(trace.set_span_in_context(self.span))
 
     @staticmethod
     def leave(entered):
-        tokens, span_token = entered
+        token, span_token = entered
         if span_token is not None:
             otel_context.detach(span_token)
-        structlog.contextvars.reset_contextvars(**tokens)
+        _reset_contextvars(session_id=token)
 
     @property
     def closing(self):
@@ -193,12 +203,18 @@ class Connection:
             self.error("send", exc)
             raise
         kind = message["type"]
-        if kind == "websocket.send":  # the hot path
-            size = payload_size(message)
+        if kind == "websocket.send":  # the hot path: payload_size() inlined
+            text = message.get("text")
+            if text is not None:
+                size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            else:
+                data = message.get("bytes")
+                size = 0 if data is None else len(data)
             self.messages_out += 1
             self.bytes_out += size
-            if self.metrics is not None:
-                self.metrics.observe_size_out(size)
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.observe_size_out(size)
         elif kind == "websocket.accept":
             if self.accepted_at is None and not self.rejected:
                 self.accepted(message)
@@ -228,6 +244,7 @@ class Connection:
     def accepted(self, message):
         self.accepted_at = time.monotonic()
         self.opened_at = time.time()
+        _open.discard(self)  # each connection sits in one of the two sets
         _accepted.add(self)
         m = self.metrics
         if m is not None:
@@ -244,13 +261,11 @@ class Connection:
                 "ws_open", consumer=self.label, path=self.scope.get("path"),
                 client=client_address(self.scope, self.config), subprotocol=subprotocol,
             )
-        kind = self.kind
-        opened = []
-        for feature in _features.registered():
-            if kind in feature.kinds:
-                opened.append(feature)
-                self._hook(feature, feature.opened)
-        self.opened_features = opened
+        # The features of this kind, as one tuple shared by every connection of the kind:
+        # closed() runs for each, whether or not its opened() raised.
+        self.opened_features = opened = _features.for_kind(self.kind)
+        for feature in opened:
+            self._hook(feature, feature.opened)
 
     def _hook(self, feature, hook):
         try:
@@ -356,7 +371,8 @@ class Connection:
             )
 
 
-#: Connections of this process not finished yet, accepted or not (for the exit hook).
+#: Connections of this process not accepted (nor finished) yet; with ``_accepted``, every
+#: unfinished one (for the exit hook).
 _open = set()
 #: The accepted ones: what :func:`open_connections` returns.
 _accepted = set()
@@ -376,7 +392,7 @@ def _finish_at_exit():
     stops with the tasks pending: no finally block runs. What the process
     leaves unrecorded here is lost for good.
     """
-    for conn in list(_open):
+    for conn in list(_open) + list(_accepted):
         entered = conn.enter()
         try:
             conn.finish(shutdown=True)

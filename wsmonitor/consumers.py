@@ -8,7 +8,7 @@ are checked when the class is defined.
 """
 
 import asyncio
-import time
+from time import perf_counter as _perf_counter
 
 from asgiref.sync import async_to_sync
 from channels.exceptions import StopConsumer
@@ -52,6 +52,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
     wsmonitor_tracing = None
 
     _wsm = None
+    _wsm_receive = None  # what each message span needs, worked out once per connection
     _wsm_kind = "async"
     _wsm_options = {}
     _wsm_generation = -1
@@ -86,6 +87,32 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
         return cls._wsm_options
 
     async def __call__(self, scope, receive, send):
+        # The set-up lives in a plain method: this coroutine's frame is held for the
+        # connection's whole life, so it keeps only what the end needs.
+        conn = self._wsm_open(scope, send)
+        if conn is None:
+            return await super().__call__(scope, receive, send)
+        crashed = None
+        entered = conn.enter()
+        try:
+            await super().__call__(scope, receive, send if conn.adopted else conn.send)
+        except asyncio.CancelledError:
+            if conn.closed_by is None:
+                conn.closed_by = "shutdown"  # daphne cancels without a close frame
+            raise
+        except BaseException as exc:
+            crashed = exc
+            # Counted already at its stage, or raised outside any handler:
+            # the channel layer's receive.
+            conn.error("layer", exc)
+            raise
+        finally:
+            conn.finish(crashed)
+            conn.leave(entered)
+
+    def _wsm_open(self, scope, send):
+        """This socket's connection (made, or adopted from the middleware), or None when
+        every switch is off."""
         config = get_config()
         cls = type(self)
         metrics_on = _switch(self.wsmonitor_metrics, config["METRICS"])
@@ -102,52 +129,60 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             # carries what the stack added (AuthMiddlewareStack's user, the URL route).
             conn.scope = scope
             conn.relabel(label, metrics_on, logs_on, cls._wsm_kind, options)
-            asgi_send = send  # already the connection's counting send
         else:
             tracer = (tracing.get_tracer() if _switch(self.wsmonitor_tracing, config["TRACING"])
                       else None)
             if not (metrics_on or logs_on or tracer):
-                return await super().__call__(scope, receive, send)
+                return None
             conn = Connection(scope, label, config, send, metrics_on, logs_on, tracer,
                               cls._wsm_kind, options)
             scope.setdefault("wsmonitor", {})["connection"] = conn
-            asgi_send = conn.send
         scope["wsmonitor"]["session_id"] = self.session_id = conn.session_id
         self._wsm = conn
-        crashed = None
-        entered = conn.enter()
-        try:
-            await super().__call__(scope, receive, asgi_send)
-        except asyncio.CancelledError:
-            if conn.closed_by is None:
-                conn.closed_by = "shutdown"  # daphne cancels without a close frame
-            raise
-        except BaseException as exc:
-            crashed = exc
-            # Counted already at its stage, or raised outside any handler:
-            # the channel layer's receive.
-            conn.error("layer", exc)
-            raise
-        finally:
-            conn.finish(crashed)
-            conn.leave(entered)
+        return conn
 
     async def dispatch(self, message):
         conn = self._wsm
         kind = message["type"]
-        envelope = started = span = None
-        if kind == "websocket.receive":  # the hot path: kept to a few calls
-            if conn is None:
-                return await super().dispatch(message)
-            stage = "receive"
+        if kind == "websocket.receive" and conn is not None:
+            # The hot path, inlined: one frame of ours around channels' dispatch.
             absorb = conn.absorb
             if absorb is not None and absorb(message):
                 return  # a heartbeat pong: not the application's, not a counted message
-            conn.received(message)
-            if conn.tracer is not None:
-                span = self._wsm_handler_span(conn, stage, message)
-            if conn.metrics is not None:
-                started = time.perf_counter()
+            text = message.get("text")
+            if text is not None:
+                size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            else:
+                data = message.get("bytes")
+                size = 0 if data is None else len(data)
+            conn.messages_in += 1
+            conn.bytes_in += size
+            metrics = conn.metrics
+            if conn.tracer is None:
+                if metrics is None:
+                    try:
+                        return await super().dispatch(message)
+                    except StopConsumer:
+                        raise
+                    except Exception as exc:
+                        conn.error("receive", exc)
+                        raise
+                metrics.observe_size_in(size)  # ws_messages_total is read from its count
+                started = _perf_counter()
+                try:
+                    return await super().dispatch(message)
+                except StopConsumer:
+                    raise
+                except Exception as exc:
+                    conn.error("receive", exc)
+                    raise
+                finally:
+                    metrics.observe_handling(_perf_counter() - started)
+            if metrics is not None:
+                metrics.observe_size_in(size)
+            stage = "receive"
+            envelope = None
+            span = self._wsm_receive_span(conn, message)
         elif kind.startswith("websocket."):
             if conn is None:
                 return await super().dispatch(message)
@@ -158,6 +193,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 conn.channel_name = getattr(self, "channel_name", None)
                 if getattr(self, "channel_layer", None) is not None:
                     conn.layer_alias = self.channel_layer_alias
+            metrics = span = None
         else:
             # A channel-layer event: wsmonitor.layers takes its envelope (delivery time,
             # trace context) out of the handlers' way.
@@ -165,8 +201,10 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             if conn is None:
                 return await super().dispatch(message)
             stage = "handler"
+            metrics = span = None
             if conn.tracer is not None:
                 span = self._wsm_handler_span(conn, stage, message, envelope)
+        started = None if metrics is None else _perf_counter()
         token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
         try:
             return await super().dispatch(message)
@@ -177,33 +215,57 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             raise
         finally:
             if started is not None:
-                elapsed = time.perf_counter() - started
+                elapsed = _perf_counter() - started
                 exemplar = tracing.exemplar(span) if span is not None else None
                 if exemplar is None:
-                    conn.metrics.observe_handling(elapsed)
+                    metrics.observe_handling(elapsed)
                 else:  # a slow message in Grafana leads to its trace
-                    conn.metrics.handling.observe(elapsed, exemplar)
+                    metrics.handling.observe(elapsed, exemplar)
             if span is not None:
                 otel_context.detach(token)
                 span.end()
 
-    def _wsm_handler_span(self, conn, stage, message, envelope=None):
+    def _wsm_receive_span(self, conn, message):
+        """The span of one received message: what it needs is worked out once per connection,
+        so a span the sampler drops costs the SDK's decision and little else."""
+        prepared = self._wsm_receive
+        if prepared is None or prepared[0] is not conn or prepared[1] != conn.label:
+            prepared = self._wsm_receive = self._wsm_prepare_receive(conn)
+        _, _, name, field, context, links, attributes = prepared
+        if name is None:
+            return None
+        if field is not None:
+            parent = tracing.message_context(message.get("text"), field)
+            if parent is not None:  # the message carries its own trace context
+                return conn.tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
+                                              links=conn.links, attributes=attributes)
+        return conn.tracer.start_span(name, context=context, kind=SpanKind.SERVER, links=links,
+                                      attributes=attributes)
+
+    def _wsm_prepare_receive(self, conn):
+        """(conn, label, span name or None when off, traceparent field or None, parent
+        context, links, attributes) of this connection's message spans; see
+        ``tracing.start_handler_span`` for the models."""
         config = conn.config
-        if stage == "receive":
-            if not config["MESSAGE_SPANS"]:
-                return None
-            parent = (tracing.message_context(message.get("text"), config["TRACEPARENT_FIELD"])
-                      if isinstance(self, (AsyncJsonWebsocketConsumer, JsonWebsocketConsumer))
-                      else None)
-            name, kind = f"{conn.label} receive", SpanKind.SERVER
-            new_trace = config["TRACE_MODEL"] == "message"
+        if not config["MESSAGE_SPANS"]:
+            return (conn, conn.label, None, None, None, None, None)
+        json_consumer = isinstance(self, (AsyncJsonWebsocketConsumer, JsonWebsocketConsumer))
+        if config["TRACE_MODEL"] == "message":
+            context, links = tracing.ROOT_CONTEXT, conn.links
         else:
-            parent = tracing.envelope_context(envelope)
-            if parent is None:
-                return None  # only events that carry a trace continue one
-            name, kind, new_trace = f"{conn.label} {message['type']}", SpanKind.CONSUMER, True
-        return tracing.start_handler_span(conn.tracer, name, parent, conn.span,
-                                          conn.session_id, kind, new_trace, conn.links)
+            context, links = trace.set_span_in_context(conn.span), ()
+        # The SDK copies the attributes it records; a sampler sees them read-only.
+        return (conn, conn.label, f"{conn.label} receive",
+                config["TRACEPARENT_FIELD"] if json_consumer else None, context, links,
+                {"websocket.session.id": conn.session_id})
+
+    def _wsm_handler_span(self, conn, stage, message, envelope=None):
+        parent = tracing.envelope_context(envelope)
+        if parent is None:
+            return None  # only events that carry a trace continue one
+        return tracing.start_handler_span(conn.tracer, f"{conn.label} {message['type']}", parent,
+                                          conn.span, conn.session_id, SpanKind.CONSUMER, True,
+                                          conn.links)
 
     async def wsmonitor_close(self, event):
         """Close this connection on request (``manage.py wsmonitor_sessions close``)."""

@@ -86,6 +86,18 @@ def registered():
     return tuple(_features)
 
 
+_by_kind = {}
+
+
+def for_kind(kind):
+    """The registered features that support ``kind``, in registration order: one tuple
+    shared by every connection of that kind until features are (un)registered."""
+    found = _by_kind.get(kind)
+    if found is None or found[0] != generation:
+        found = _by_kind[kind] = (generation, tuple(f for f in _features if kind in f.kinds))
+    return found[1]
+
+
 def class_options(cls, kind):
     """``{feature name: options}`` of a consumer class; raises ImproperlyConfigured."""
     options = {}

@@ -136,13 +136,13 @@ class SaturationFeature(features.Feature):
 
     name = "saturation"
 
+    # No per-connection flag: closed() runs once for each connection opened() ran for, and
+    # acquire() counts the user before anything in it can fail, so the two always pair.
     def opened(self, conn):
         acquire()
-        conn.state["saturation"] = True
 
     def closed(self, conn):
-        if conn.state.pop("saturation", False):
-            release()
+        release()
 
 
 features.register(SaturationFeature())

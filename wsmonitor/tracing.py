@@ -17,7 +17,7 @@ from . import __version__
 ABNORMAL_CLOSE_CODES = frozenset({1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1014, 1015})
 _PROPAGATION_KEYS = ("traceparent", "tracestate")
 _MAX_QUERY = 4096  # longer query strings are not searched for a traceparent
-_ROOT = Context()  # an empty context: a span started in it begins a new trace
+_ROOT = ROOT_CONTEXT = Context()  # an empty context: a span started in it begins a new trace
 
 _cached = (None, None)
 
@@ -147,13 +147,15 @@ def start_close_span(tracer, connection_span, session_id):
 
 
 def start_handler_span(tracer, name, parent, connection_span, session_id, kind, new_trace,
-                       links=None):
+                       links=None, attributes=None):
     """A span for one received message or channel-layer event.
 
     ``parent`` is a context carried by the message or event; without one the
     span is a child of the connection span, or the root of its own trace when
     ``new_trace`` (the ``message`` model), linked to the connection either way.
-    ``links`` may pass that link prebuilt (one per connection, not per message).
+    ``links`` may pass that link prebuilt (one per connection, not per message),
+    and ``attributes`` the span's attributes, likewise (the SDK copies what it
+    records; a sampler sees them read-only).
     """
     if parent is None and not new_trace:
         parent, links = trace.set_span_in_context(connection_span), ()
@@ -161,5 +163,6 @@ def start_handler_span(tracer, name, parent, connection_span, session_id, kind, 
         links = links or [Link(connection_span.get_span_context())]
         if parent is None:
             parent = _ROOT
-    return tracer.start_span(name, context=parent, kind=kind, links=links,
-                             attributes={"websocket.session.id": session_id})
+    if attributes is None:
+        attributes = {"websocket.session.id": session_id}
+    return tracer.start_span(name, context=parent, kind=kind, links=links, attributes=attributes)
