@@ -195,8 +195,9 @@ class Publisher:
         # Closes not written to Redis yet; bounded like the list they go to, so a process with
         # no registry (or a registry that is down) never grows it.
         self.unpushed = deque(maxlen=config["CONSOLE_CLOSED_KEEP"])
-        self.identities = {}  # session ID -> identity dict
-        self.published = {}  # session ID -> the JSON last written to Redis
+        # session ID -> hash of the JSON last written to Redis: a few bytes per open
+        # connection, not a copy of its entry (idle connections must stay cheap).
+        self.published = {}
         self.index = None  # the index last written to Redis
         self.document = None  # the newest process document
         self.thread = None
@@ -215,12 +216,7 @@ class Publisher:
 
     def closed(self, conn):
         """Record a close; runs once per connection on the event loop, no I/O."""
-        static = self.identities.pop(conn.session_id, None)
-        if static is None:
-            redact = get_config()["REDACT_CLIENTS"]
-            static = identity(conn, self.process, self.node, self.pid, redact)
-            static["user"] = _user(conn.scope, redact)
-        entry = describe(conn, static)
+        entry = describe(conn, self._identity(conn, get_config()["REDACT_CLIENTS"]))
         code = conn.code
         if not isinstance(code, int):
             code = 1005 if code is None else None
@@ -263,22 +259,15 @@ class Publisher:
         """``{session ID: entry}`` of this process's open sessions, read now."""
         config = config or get_config()
         redact = config["REDACT_CLIENTS"]
-        conns = open_connections()
-        result = {}
-        identities = self.identities
-        for conn in conns:
-            static = identities.get(conn.session_id)
-            if static is None:
-                static = identities[conn.session_id] = identity(
-                    conn, self.process, self.node, self.pid, redact)
-                static["user"] = _user(conn.scope, redact)
-            elif static.get("user") is None and "user" in conn.scope:
-                static["user"] = _user(conn.scope, redact)
-            result[conn.session_id] = describe(conn, static)
-        for session_id in list(identities):
-            if session_id not in result:
-                identities.pop(session_id, None)
-        return result
+        # Worked out afresh at each sample rather than cached per session: a cache would
+        # cost every idle connection about a kilobyte for the process's whole life.
+        return {conn.session_id: describe(conn, self._identity(conn, redact))
+                for conn in open_connections()}
+
+    def _identity(self, conn, redact):
+        static = identity(conn, self.process, self.node, self.pid, redact)
+        static["user"] = _user(conn.scope, redact)
+        return static
 
     def sample(self, config):
         now = time.time()
@@ -318,7 +307,8 @@ class Publisher:
             changed, removed = encoded, []
         else:
             published = self.published
-            changed = {sid: text for sid, text in encoded.items() if published.get(sid) != text}
+            changed = {sid: text for sid, text in encoded.items()
+                       if published.get(sid) != hash(text)}
             removed = [sid for sid in published if sid not in encoded]
         closes = list(self.unpushed)
         index = [[e["session_id"], e["opened_at"], e["consumer"], e["path"], e["user"]]
@@ -351,7 +341,8 @@ class Publisher:
             pipe.ltrim(closed_key, 0, keep - 1)
             pipe.expire(closed_key, history)
         results = pipe.execute()
-        self.published, self.index = encoded, index
+        self.published = {sid: hash(text) for sid, text in encoded.items()}
+        self.index = index
         self.full = False
         sent = {id(c) for c in closes}  # those still queued: a full queue drops its oldest
         while self.unpushed and id(self.unpushed[0]) in sent:
