@@ -203,13 +203,8 @@ class Connection:
             self.error("send", exc)
             raise
         kind = message["type"]
-        if kind == "websocket.send":  # the hot path: payload_size() inlined
-            text = message.get("text")
-            if text is not None:
-                size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-            else:
-                data = message.get("bytes")
-                size = 0 if data is None else len(data)
+        if kind == "websocket.send":  # the hot path
+            size = payload_size(message)
             self.messages_out += 1
             self.bytes_out += size
             metrics = self.metrics

@@ -25,6 +25,7 @@ from . import layers as _layers
 from . import tracing
 from .conf import get_config
 from .connection import Connection
+from .connection import payload_size as _payload_size  # noqa: I001
 from .heartbeat import HeartbeatMixin
 from .logging import logger
 from .registry import valid_close_code
@@ -144,45 +145,19 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
     async def dispatch(self, message):
         conn = self._wsm
         kind = message["type"]
-        if kind == "websocket.receive" and conn is not None:
-            # The hot path, inlined: one frame of ours around channels' dispatch.
+        if kind == "websocket.receive" and conn is not None:  # the hot path
             absorb = conn.absorb
             if absorb is not None and absorb(message):
                 return  # a heartbeat pong: not the application's, not a counted message
-            text = message.get("text")
-            if text is not None:
-                size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-            else:
-                data = message.get("bytes")
-                size = 0 if data is None else len(data)
+            size = _payload_size(message)
             conn.messages_in += 1
             conn.bytes_in += size
             metrics = conn.metrics
-            if conn.tracer is None:
-                if metrics is None:
-                    try:
-                        return await super().dispatch(message)
-                    except StopConsumer:
-                        raise
-                    except Exception as exc:
-                        conn.error("receive", exc)
-                        raise
-                metrics.observe_size_in(size)  # ws_messages_total is read from its count
-                started = _perf_counter()
-                try:
-                    return await super().dispatch(message)
-                except StopConsumer:
-                    raise
-                except Exception as exc:
-                    conn.error("receive", exc)
-                    raise
-                finally:
-                    metrics.observe_handling(_perf_counter() - started)
             if metrics is not None:
-                metrics.observe_size_in(size)
+                metrics.observe_size_in(size)  # ws_messages_total is read from its count
             stage = "receive"
             envelope = None
-            span = self._wsm_receive_span(conn, message)
+            span = None if conn.tracer is None else self._wsm_receive_span(conn, message)
         elif kind.startswith("websocket."):
             if conn is None:
                 return await super().dispatch(message)
