@@ -265,6 +265,15 @@ def _back(name, *args, **query):
     return redirect(reverse(name, args=args) + ("?" + urlencode(query) if query else ""))
 
 
+def _open_session(session_id):
+    """The entry of one open session, from every node the console can read, or None."""
+    src = source()
+    try:
+        return src.session(session_id)
+    finally:
+        src.close()
+
+
 @require_POST
 @csrf_protect
 @_guard(can_close)
@@ -277,11 +286,7 @@ def close(request, session_id):
     if request.POST.get("confirm") != "yes":
         return _back("wsmonitor-console-session", session_id,
                      error="Tick the confirmation box to close the session.")
-    src = source()
-    try:
-        entry = src.session(session_id)
-    finally:
-        src.close()
+    entry = _open_session(session_id)
     if entry is None:
         return _back("wsmonitor-console-session", session_id,
                      error="The session is not open any more.")
@@ -385,11 +390,7 @@ def api_closed(request):
 @require_GET
 @_guard(can_view, api=True)
 def api_session(request, session_id):
-    src = source()
-    try:
-        entry = src.session(session_id)
-    finally:
-        src.close()
+    entry = _open_session(session_id)
     if entry is None:
         return JsonResponse({"error": "no such open session"}, status=404)
     route, why = closing.reach(entry, get_publisher().process)
