@@ -1,7 +1,11 @@
 """The demo plus consumers that misbehave on purpose, for fault tests under a real daphne."""
 
+import gc
+import inspect
 import os
+import signal
 import time
+import tracemalloc
 
 from django.core.asgi import get_asgi_application
 
@@ -42,6 +46,34 @@ class PlainEcho(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         await self.send(text_data=text_data, bytes_data=bytes_data)
 
+
+def report_wsmonitor_heap(signum, frame):
+    """SIGUSR1 (with PYTHONTRACEMALLOC set): append the bytes still held by objects that
+    wsmonitor's own code allocated to WSMONITOR_HEAP_FILE. RSS cannot show a per-connection
+    leak (arenas stay mapped, one consumer reuses what another freed), and a whole-heap count
+    swings by tens of thousands of blocks with the connections daphne still winds down."""
+    gc.collect()
+    ours = tracemalloc.take_snapshot().filter_traces([
+        tracemalloc.Filter(True, "*/wsmonitor/*"),
+        # The gone-reader table grows to GONE_READERS_KEPT entries and no further (its own test).
+        tracemalloc.Filter(False, "*/wsmonitor/layers.py", GONE_TABLE_LINE),
+    ])
+    held = sum(stat.size for stat in ours.statistics("filename"))
+    with open(WSMONITOR_HEAP_FILE.format(pid=os.getpid()), "a") as out:
+        out.write(f"{held}\n")
+
+
+def _gone_table_line():
+    from wsmonitor.layers import _Members
+
+    lines, first = inspect.getsourcelines(_Members._wsm_reader_gone)
+    return first + next(n for n, line in enumerate(lines) if "self._wsm_gone[channel] =" in line)
+
+
+GONE_TABLE_LINE = _gone_table_line()
+WSMONITOR_HEAP_FILE = "/tmp/wsmonitor-heap-{pid}.txt"
+if tracemalloc.is_tracing():
+    signal.signal(signal.SIGUSR1, report_wsmonitor_heap)
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,

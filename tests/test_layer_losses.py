@@ -174,3 +174,15 @@ async def test_redis_key_deleted_whole_by_expire_is_the_documented_gap(redis_url
     finally:
         await node_a.flush()
         await node_b.flush()
+
+
+async def test_gone_readers_are_remembered_up_to_the_bound():
+    layer = layers.InMemoryChannelLayer()
+    layer.GONE_READERS_KEPT = 5
+    channels = [await layer.new_channel() for _ in range(8)]
+    for channel in channels:
+        reader = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(0)  # the reader waits on its queue
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    assert list(layer._wsm_gone) == channels[-5:]  # the oldest forgotten first
