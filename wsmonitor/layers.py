@@ -276,15 +276,27 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
         self._wsm_joined.clear()
 
 
-# channels_redis is optional: importing this module must not require it.
-try:
-    from .layers_redis import RedisChannelLayer, RedisPubSubChannelLayer  # noqa: E402
-except ImportError as exc:  # pragma: no cover - the redis extra is not installed
-    _missing = exc
+_REDIS_BACKENDS = ("RedisChannelLayer", "RedisPubSubChannelLayer")
 
-    class _Missing:
-        def __init__(self, *args, **kwargs):
-            raise ImportError(f"channels_redis is not installed: {_missing}")
 
-    RedisChannelLayer = RedisPubSubChannelLayer = _Missing
+def __getattr__(name):
+    # The Redis backends load channels_redis, redis-py and what redis-py pulls in (its
+    # OpenTelemetry SDK metrics, cryptography): some 150 modules and ~20,000 objects that every
+    # full garbage collection walks. A process that never names them never pays for them.
+    if name not in _REDIS_BACKENDS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from . import layers_redis
+    except ImportError as exc:  # the redis extra is not installed
+        missing = exc
 
+        class _Missing:
+            def __init__(self, *args, **kwargs):
+                raise ImportError(f"channels_redis is not installed: {missing}")
+
+        _Missing.__name__ = _Missing.__qualname__ = name
+        globals()[name] = _Missing
+        return _Missing
+    for backend in _REDIS_BACKENDS:
+        globals()[backend] = getattr(layers_redis, backend)
+    return globals()[name]
