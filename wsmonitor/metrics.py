@@ -135,7 +135,7 @@ class BoundMetrics:
         self.active = CONNECTIONS_ACTIVE.labels(consumer, node)
         self.connects = CONNECTS.labels(consumer, node)
         self.duration = CONNECTION_DURATION.labels(consumer, node)
-        self.handling = MESSAGE_HANDLING.labels(consumer, node)  # observe(..., exemplar)
+        self.handling = MESSAGE_HANDLING.labels(consumer, node)
         self.observe_handling = observer(self.handling)
         self.observe_size_in = observer(MESSAGE_SIZE.labels(consumer, node, "in"))
         self.observe_size_out = observer(MESSAGE_SIZE.labels(consumer, node, "out"))
