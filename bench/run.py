@@ -195,10 +195,28 @@ def probe(variant):
     return False, f"probe failed: {completed.stderr.strip()[-600:]}"
 
 
+def _gc_stats(server):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/gc/", timeout=10) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _echo(server, config, **extra):
-    return loadgen("echo", server, config, connections=config["connections"],
-                   messages=config["messages"], size=config["size"], warmup=config["warmup"],
-                   **extra)
+    """One echo burst, with the server's garbage-collection time around it (the whole run:
+    handshakes, warm-up and closes included, against the burst's message count)."""
+    before = _gc_stats(server)
+    result = loadgen("echo", server, config, connections=config["connections"],
+                     messages=config["messages"], size=config["size"], warmup=config["warmup"],
+                     **extra)
+    after = _gc_stats(server)
+    if before and after and result.get("messages"):
+        result["gc_us_per_msg"] = [(b - a) / result["messages"] * 1e6
+                                   for a, b in zip(before["seconds"], after["seconds"])]
+        result["gc_collections"] = [b - a for a, b in zip(before["collections"], after["collections"])]
+        result["gc_tracked_objects"] = after["tracked_objects"]
+    return result
 
 
 def run_echo_variant(variant, config, with_idle=True):
@@ -318,6 +336,9 @@ def summarise(rounds, available):
             "server_cpu_ratio": spread(cpu_ratios),
             "server_cpu_utilisation": median_of(ok_rows, "server_cpu_utilisation"),
             "foreign_cpu_cores": median_of(ok_rows, "foreign_cpu_cores"),
+            "gc_us_per_msg": [median_of([{"v": row["gc_us_per_msg"][g]} for row in ok_rows
+                                         if row.get("gc_us_per_msg")], "v") for g in range(3)],
+            "gc_tracked_objects": median_of(ok_rows, "gc_tracked_objects"),
             "capacity_ratio": spread([1 / r for r in cpu_ratios if r]),
             "errors": [row["error"] for row in echo_rows if row and "error" in row],
         }

@@ -1,3 +1,5 @@
 from django.urls import include, path
 
-urlpatterns = [path("", include("django_prometheus.urls"))]
+from bench.benchproject import gcstats
+
+urlpatterns = [path("gc/", gcstats.view), path("", include("django_prometheus.urls"))]
