@@ -56,6 +56,8 @@ def markdown(results):
         "of the machine used meanwhile (/proc/stat busy time less daphne and the load generator). "
         f"Before each variant the runner waits up to {cfg.get('quiet_wait', 0):.0f} s for the machine to "
         "fall below 0.25 busy cores.",
+        "- Every daphne ran with `gc.freeze()` after start-up (`BENCH_GC_FREEZE=1`)."
+        if cfg.get("gc_freeze") else "- Garbage collector as Python sets it (no `gc.freeze()`).",
         f"- Idle memory: daphne's VmRSS before and after opening {cfg['idle']} idle connections (same "
         f"process, after the echo run), divided by the count; in the first {cfg.get('idle_rounds', cfg['rounds'])} "
         "round(s).",

@@ -547,7 +547,8 @@ def main(argv=None):
 
     summary = summarise(rounds, available)
     results = {
-        "command": "python -m bench" + ("" if not argv else " " + " ".join(argv)),
+        "command": ("BENCH_GC_FREEZE=1 " if os.environ.get("BENCH_GC_FREEZE") else "")
+        + "python -m bench" + ("" if not argv else " " + " ".join(argv)),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - started, 1),
         "quick": args.quick,
@@ -555,6 +556,7 @@ def main(argv=None):
         "versions": versions(),
         "config": dict(
             config, pinned_cpus=dict(zip(("daphne", "load generator"), _cpus())),
+            gc_freeze=bool(os.environ.get("BENCH_GC_FREEZE")),
             fanout_consumer="wsmonitor InstrumentedAsyncWebsocketConsumer (metrics + logs)"
             if importlib.util.find_spec("wsmonitor") else "channels AsyncWebsocketConsumer",
         ),

@@ -12,7 +12,7 @@ import time
 import uuid
 
 from structlog.contextvars import bind_contextvars as _bind_contextvars
-from structlog.contextvars import reset_contextvars as _reset_contextvars
+from structlog.contextvars import unbind_contextvars as _unbind_contextvars
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Status, StatusCode
@@ -140,23 +140,23 @@ class Connection:
             self.span.set_attribute("wsmonitor.consumer", label)
 
     def enter(self):
-        """Bind the session ID for structlog and make the connection span current.
+        """Bind the session ID for structlog and make the connection span current; returns
+        what :meth:`leave` needs (the span's context token, or None).
 
-        Plain tokens rather than context managers: what is held for a
-        connection's whole life is kept small (see docs/benchmarks.md).
+        structlog's token is not kept: :meth:`leave` unbinds instead of resetting, so an
+        open connection holds no token and no tuple (see docs/benchmarks.md). The binding
+        lives in the connection's own task; nothing outside it sees the difference.
         """
-        # Only the token is kept for the connection's life, not the dict it comes in.
-        token = _bind_contextvars(session_id=self.session_id)["session_id"]
+        _bind_contextvars(session_id=self.session_id)
         if self.span is None:
-            return token, None
-        return token, otel_context.attach(trace.set_span_in_context(self.span))
+            return None
+        return otel_context.attach(trace.set_span_in_context(self.span))
 
     @staticmethod
-    def leave(entered):
-        token, span_token = entered
+    def leave(span_token):
         if span_token is not None:
             otel_context.detach(span_token)
-        _reset_contextvars(session_id=token)
+        _unbind_contextvars("session_id")
 
     @property
     def closing(self):

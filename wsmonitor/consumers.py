@@ -8,9 +8,10 @@ are checked when the class is defined.
 """
 
 import asyncio
+import functools
 from time import perf_counter as _perf_counter
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, markcoroutinefunction
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import (
     AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer, JsonWebsocketConsumer, WebsocketConsumer,
@@ -87,29 +88,26 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 logger.error("ws_feature_refused", error=str(exc))
         return cls._wsm_options
 
-    async def __call__(self, scope, receive, send):
-        # The set-up lives in a plain method: this coroutine's frame is held for the
-        # connection's whole life, so it keeps only what the end needs.
-        conn = self._wsm_open(scope, send)
-        if conn is None:
-            return await super().__call__(scope, receive, send)
-        crashed = None
-        entered = conn.enter()
-        try:
-            await super().__call__(scope, receive, send if conn.adopted else conn.send)
-        except asyncio.CancelledError:
-            if conn.closed_by is None:
-                conn.closed_by = "shutdown"  # daphne cancels without a close frame
-            raise
-        except BaseException as exc:
-            crashed = exc
-            # Counted already at its stage, or raised outside any handler:
-            # the channel layer's receive.
-            conn.error("layer", exc)
-            raise
-        finally:
-            conn.finish(crashed)
-            conn.leave(entered)
+    def __call__(self, scope, receive, send):
+        # A plain method returning the coroutine that serves the socket: as_asgi() calls it
+        # without a coroutine of its own, so an open connection holds one frame of
+        # wsmonitor's and no more (see docs/benchmarks.md).
+        return _serve(self, scope, receive, send)
+
+    markcoroutinefunction(__call__)
+
+    @classmethod
+    def as_asgi(cls, **initkwargs):
+        """channels' ``as_asgi()``, without the extra coroutine level per connection."""
+
+        def app(scope, receive, send):
+            return cls(**initkwargs)(scope, receive, send)
+
+        markcoroutinefunction(app)
+        app.consumer_class = cls
+        app.consumer_initkwargs = initkwargs
+        functools.update_wrapper(app, cls, updated=())
+        return app
 
     def _wsm_open(self, scope, send):
         """This socket's connection (made, or adopted from the middleware), or None when
@@ -248,6 +246,35 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 await self._wsm.close(code, by="console")
             else:
                 await self.close(code=code)
+
+
+async def _serve(consumer, scope, receive, send):
+    """Serve one socket with channels' own ``__call__``, keeping the connection's books."""
+    conn = consumer._wsm_open(scope, send)
+    if conn is None:
+        return await super(InstrumentedMixin, consumer).__call__(scope, receive, send)
+    crashed = None
+    # An adopted connection's middleware runs in this same task and has entered it already.
+    adopted = conn.adopted
+    entered = None if adopted else conn.enter()
+    try:
+        # channels' __call__, its bound method not kept in this frame for the socket's life.
+        await super(InstrumentedMixin, consumer).__call__(
+            scope, receive, send if conn.adopted else conn.send)
+    except asyncio.CancelledError:
+        if conn.closed_by is None:
+            conn.closed_by = "shutdown"  # daphne cancels without a close frame
+        raise
+    except BaseException as exc:
+        crashed = exc
+        # Counted already at its stage, or raised outside any handler:
+        # the channel layer's receive.
+        conn.error("layer", exc)
+        raise
+    finally:
+        conn.finish(crashed)
+        if not adopted:
+            conn.leave(entered)
 
 
 def _with_traceparent(conn, content):

@@ -41,3 +41,11 @@ if VARIANT == "otel-asgi":
     websocket_app = OpenTelemetryMiddleware(websocket_app)
 
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_app})
+
+if os.environ.get("BENCH_GC_FREEZE"):
+    # The process-level knob docs/benchmarks.md measures: everything loaded at start-up leaves
+    # the collector's generations, so full collections stop walking it.
+    import gc
+
+    gc.collect()
+    gc.freeze()
