@@ -155,3 +155,16 @@ def test_the_app_logs_versions_outside_the_range_at_start_up():
     lines = [line for line in (result.stdout + result.stderr).splitlines()
              if "wsmonitor.W004" in line]
     assert len(lines) == 1 and "Django" in lines[0] and "newer than the newest" in lines[0]
+
+
+def test_channels_dispatch_is_inlined_only_as_tested(monkeypatch):
+    from channels.consumer import AsyncConsumer
+
+    assert compat.channels_dispatch_inlinable(AsyncConsumer.dispatch)
+
+    async def other(self, message):
+        return None
+
+    assert not compat.channels_dispatch_inlinable(other)
+    monkeypatch.setattr(compat, "installed_version", lambda name: "9.0")
+    assert not compat.channels_dispatch_inlinable(AsyncConsumer.dispatch)

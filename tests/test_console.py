@@ -519,3 +519,19 @@ def test_console_settings_are_checked(setting, check_id):
     assert [problem[0] for problem in validate(setting)] == [check_id]
     assert validate({"CONSOLE_TRACE_URL": "http://jaeger/trace/{trace_id}",
                      "CONSOLE_DRAIN_CODE": 4012, "CONSOLE_INTERVAL": 0.5}) == []
+
+
+async def test_without_a_registry_the_sampler_counts_sessions_without_describing_them(
+        console, monkeypatch):
+    communicator, session_id = await connect()
+
+    def no_describe(*args):
+        raise AssertionError("sessions are read by the page, not by the sampler")
+
+    monkeypatch.setattr(snapshot, "describe", no_describe)
+    publisher().sample(snapshot.get_config())
+    assert publisher().document["active"] == len(snapshot.open_connections()) >= 1
+    assert publisher().series[-1]["active"] == publisher().document["active"]
+    monkeypatch.undo()
+    assert session_id in publisher().local_state()[1]  # the page still reads every session
+    await communicator.disconnect(timeout=3)

@@ -199,3 +199,23 @@ def require_valid_group_name(layer, name):
     channels 4.3, ``valid_group_name`` (which raises the same error, deprecated since) before."""
     check = getattr(layer, "require_valid_group_name", None) or layer.valid_group_name
     return check(name)
+
+
+def channels_dispatch_inlinable(dispatch):
+    """Whether ``dispatch``, the next one after wsmonitor's in a consumer's MRO, is channels'
+    own ``AsyncConsumer.dispatch`` as tested: it looks up ``get_handler_name(message)``,
+    awaits ``channels.consumer.aclose_old_connections()``, then the handler. Then the receive
+    path may do the same in its own frame (one coroutine fewer per message); otherwise, and
+    outside the tested versions, it calls ``super().dispatch``."""
+    from channels import consumer
+
+    if dispatch is not consumer.AsyncConsumer.dispatch:
+        return False  # a mixin or the project overrides it: call it
+    version = installed_version("channels")
+    try:
+        return (version is not None and version_problem("channels", version) is None
+                and {"get_handler_name", "aclose_old_connections"} <= set(dispatch.__code__.co_names)
+                and callable(consumer.aclose_old_connections)
+                and consumer.get_handler_name({"type": "websocket.receive"}) == "websocket_receive")
+    except Exception:  # any surprise in another library's internals: its own dispatch
+        return False

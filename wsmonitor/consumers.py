@@ -12,6 +12,7 @@ import functools
 from time import perf_counter as _perf_counter
 
 from asgiref.sync import async_to_sync, markcoroutinefunction
+from channels import consumer as _channels_consumer
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import (
     AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer, JsonWebsocketConsumer, WebsocketConsumer,
@@ -21,7 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from . import features
+from . import compat, features
 from . import layers as _layers
 from . import tracing
 from .conf import get_config
@@ -58,6 +59,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
     _wsm_kind = "async"
     _wsm_options = {}
     _wsm_generation = -1
+    _wsm_channels_dispatch = False
     session_id = None
 
     def __init_subclass__(cls, **kwargs):
@@ -73,6 +75,8 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 raise ImproperlyConfigured(f"{name}.{attr} must be True, False or None (follow "
                                            f"WSMONITOR), not {getattr(cls, attr)!r}.")
         cls._wsm_kind = "sync" if getattr(cls, "_sync", False) else "async"
+        cls._wsm_channels_dispatch = compat.channels_dispatch_inlinable(
+            super(InstrumentedMixin, cls).dispatch)
         cls._wsm_options = features.class_options(cls, cls._wsm_kind)
         cls._wsm_generation = features.generation
 
@@ -180,6 +184,11 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
         started = None if metrics is None else _perf_counter()
         token = None if span is None else otel_context.attach(trace.set_span_in_context(span))
         try:
+            if stage == "receive" and self._wsm_channels_dispatch:
+                # channels' AsyncConsumer.dispatch for a websocket.receive, run in this frame
+                # rather than a coroutine of its own (compat.channels_dispatch_inlinable).
+                await _channels_consumer.aclose_old_connections()
+                return await self.websocket_receive(message)
             return await super().dispatch(message)
         except StopConsumer:
             raise
