@@ -421,14 +421,24 @@ def targets(summary):
 
     def scrape_target(variant):
         entry = summary["scrape"].get(variant)
+        plain = summary["scrape"].get(variants.BASELINE["echo"])
         label = "/metrics: same series count, scrape time within noise at 0 vs N connections"
         if not entry or entry["at_0"]["series"] is None:
             return {"target": label, "variant": variant, "measured": None, "status": "n/a"}
         zero, many = entry["at_0"], entry["at_many"]
-        # "Within noise": at most 1.5x the idle-server median plus 2 ms (loopback scrapes take ~2-5 ms).
         same = entry["series_equal_every_round"] and zero["series"] == many["series"]
-        quick = many["median_ms"] <= zero["median_ms"] * 1.5 + 2.0
         measured = f"{zero['series']:.0f} vs {many['series']:.0f} series; {zero['median_ms']:.1f} vs {many['median_ms']:.1f} ms"
+        if plain and plain["at_0"]["median_ms"] is not None and plain["at_many"]["median_ms"] is not None:
+            # daphne itself answers slower with N idle sockets to look after (plain grows too):
+            # what wsmonitor adds to a scrape is judged, at most 1.5x its idle-server figure
+            # plus 2 ms (loopback scrapes take ~2-5 ms).
+            added_0 = zero["median_ms"] - plain["at_0"]["median_ms"]
+            added_n = many["median_ms"] - plain["at_many"]["median_ms"]
+            quick = added_n <= max(added_0, 0.0) * 1.5 + 2.0
+            measured += (f" (plain {plain['at_0']['median_ms']:.1f} vs {plain['at_many']['median_ms']:.1f} ms:"
+                         f" wsmonitor adds {added_0:.1f} vs {added_n:.1f} ms)")
+        else:
+            quick = many["median_ms"] <= zero["median_ms"] * 1.5 + 2.0
         return {"target": label, "variant": variant, "measured": measured, "status": "pass" if same and quick else "FAIL"}
 
     return [

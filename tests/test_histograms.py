@@ -97,3 +97,28 @@ def test_values_it_cannot_read_fall_back_to_observe():
 
     odd = Odd()
     assert histograms.observer(odd) == odd.observe
+
+
+def test_a_bucket_takes_a_new_exemplar_at_most_once_per_interval(monkeypatch):
+    _, fast = pair()
+    made = []
+
+    def exemplar_of(source):
+        made.append(source)
+        return None if source == "unsampled" else {"trace_id": source}
+
+    clock = [1000.0]
+    monkeypatch.setattr(histograms, "time", lambda: clock[0])
+    observe = histograms.observer(fast, exemplar_of=exemplar_of, exemplar_every=1.0)
+    observe(10, "unsampled")  # no labels: the bucket stays free for the next sampled one
+    observe(10, "a")
+    observe(10, "b")  # same bucket, same second: not even asked for labels
+    observe(100, "c")  # another bucket has its own interval
+    clock[0] += 1.0
+    observe(10, "d")
+    observe(10)  # no source: counted, no exemplar work
+    assert made == ["unsampled", "a", "c", "d"]
+    exemplars = {s[1]: s[3] for s in samples(fast) if s[0] == "bucket" and s[3]}
+    assert exemplars["16.0"].labels == {"trace_id": "d"} and exemplars["16.0"].value == 10
+    assert exemplars["256.0"].labels == {"trace_id": "c"}
+    assert [b.get() for b in fast._buckets] == [5, 0, 1, 0, 0, 0]

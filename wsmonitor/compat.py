@@ -145,14 +145,17 @@ def _multiprocess():
     return values.ValueClass is not values.MutexValue
 
 
-def histogram_observer(child):
+def histogram_observer(child, **exemplars):
     """A cheap stand-in for ``child.observe`` (wsmonitor.histograms) when prometheus_client's
     Histogram internals (``_sum``, ``_buckets``, ``_upper_bounds``) behave as tested;
     otherwise ``child.observe`` itself, with one warning. Multiprocess mode keeps
-    prometheus_client's file-backed values and ``observe``."""
+    prometheus_client's file-backed values and ``observe``. ``exemplars``: see
+    ``histograms.observer``."""
     global _histogram_ok
+    from . import histograms
+
     if _multiprocess():
-        return child.observe
+        return histograms.public_observe(child, exemplars.get("exemplar_of"))
     if _histogram_ok is None:
         try:
             _histogram_ok = _histograms_work()
@@ -162,13 +165,10 @@ def histogram_observer(child):
             disable("prometheus-client", "observing through a Histogram's _sum/_buckets/"
                     "_upper_bounds did not export what observe() does")
     if not _histogram_ok:
-        return child.observe
-    from . import histograms
-
-    observe = histograms.observer(child)
-    if observe == child.observe:
+        return histograms.public_observe(child, exemplars.get("exemplar_of"))
+    if histograms.lock_free(child) is None:
         disable("prometheus-client", "a Histogram child without _sum/_buckets/_upper_bounds")
-    return observe
+    return histograms.observer(child, **exemplars)
 
 
 # --- Twisted -------------------------------------------------------------------------------

@@ -199,8 +199,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             if started is not None:
                 elapsed = _perf_counter() - started
                 # A sampled message's trace is its exemplar: a slow one in Grafana leads to it.
-                metrics.observe_handling(
-                    elapsed, None if span is None else tracing.exemplar(span))
+                metrics.observe_handling(elapsed, span)
             if span is not None:
                 otel_context.detach(token)
                 span.end()

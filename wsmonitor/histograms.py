@@ -104,19 +104,23 @@ def lock_free(child):
     return shared
 
 
-def observer(child):
+def observer(child, exemplar_of=None, exemplar_every=0.0):
     """A cheap ``child.observe(amount, exemplar=None)``, adding lock-free on the calling thread.
 
     An exemplar is stored as ``observe()`` stores it, on the bucket the amount falls in, but
     not validated: callers pass wsmonitor's own trace and span IDs, well inside OpenMetrics'
-    128-character limit. Falls back to ``child.observe`` when the child cannot be made
-    lock-free.
+    128-character limit. With ``exemplar_of``, the second argument is what it makes the
+    exemplar's labels from (or None, for no exemplar), called only when the bucket takes a
+    new exemplar: at most once per ``exemplar_every`` seconds per bucket (a scrape exports one
+    per bucket; building one per message would be work for nothing). Falls back to
+    ``child.observe`` when the child cannot be made lock-free.
     """
     shared = lock_free(child)
     if shared is None:
-        return child.observe
+        return public_observe(child, exemplar_of)
     bounds = tuple(child._upper_bounds)
     values = tuple(child._buckets)
+    last = [float("-inf")] * len(values)  # when each bucket last took an exemplar
 
     def observe(amount, exemplar=None, _counts=shared.counts, _total=shared.total,
                 _owner=shared.owner, _bounds=bounds, _find=bisect_left,
@@ -129,6 +133,23 @@ def observer(child):
             _add(None, amount)
             _add(index, 1)
         if exemplar is not None:
-            values[index].set_exemplar(Exemplar(exemplar, amount, time()))
+            now = time()
+            if now - last[index] >= exemplar_every:
+                labels = exemplar if exemplar_of is None else exemplar_of(exemplar)
+                if labels is not None:
+                    last[index] = now  # a race with another thread only shifts the interval
+                    values[index].set_exemplar(Exemplar(labels, amount, now))
+
+    return observe
+
+
+def public_observe(child, exemplar_of=None):
+    """``child.observe`` itself (prometheus_client's locks, an exemplar on every call), taking
+    what :func:`observer` takes."""
+    if exemplar_of is None:
+        return child.observe
+
+    def observe(amount, source=None):
+        child.observe(amount, None if source is None else exemplar_of(source))
 
     return observe

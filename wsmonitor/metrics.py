@@ -8,7 +8,7 @@ from prometheus_client.registry import Collector
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from . import compat
+from . import compat, tracing
 from .conf import get_config
 
 LABELS = ("consumer", "node")
@@ -114,11 +114,15 @@ def close_code_label(code, declared=frozenset()):
     return "invalid"
 
 
-def observer(child):
+def observer(child, **exemplars):
     """A cheaper ``child.observe`` for the per-message histograms (wsmonitor.histograms: no
     locks, bisection), used only while prometheus_client's internals behave as tested
     (wsmonitor.compat checks them once, else this is ``child.observe``)."""
-    return compat.histogram_observer(child)
+    return compat.histogram_observer(child, **exemplars)
+
+
+#: Seconds between two exemplars of one ``ws_message_handling_seconds`` bucket.
+EXEMPLAR_EVERY = 1.0
 
 
 class BoundMetrics:
@@ -136,7 +140,10 @@ class BoundMetrics:
         self.connects = CONNECTS.labels(consumer, node)
         self.duration = CONNECTION_DURATION.labels(consumer, node)
         self.handling = MESSAGE_HANDLING.labels(consumer, node)
-        self.observe_handling = observer(self.handling)
+        # observe_handling(seconds, span): a sampled message span becomes its bucket's
+        # exemplar, at most once a second per bucket (a scrape exports one per bucket).
+        self.observe_handling = observer(self.handling, exemplar_of=tracing.exemplar,
+                                         exemplar_every=EXEMPLAR_EVERY)
         self.observe_size_in = observer(MESSAGE_SIZE.labels(consumer, node, "in"))
         self.observe_size_out = observer(MESSAGE_SIZE.labels(consumer, node, "out"))
         # Start the series alerts read at 0: rate() cannot see the step of a
