@@ -268,7 +268,7 @@ async def _serve(consumer, scope, receive, send):
     try:
         # channels' __call__, its bound method not kept in this frame for the socket's life.
         await super(InstrumentedMixin, consumer).__call__(
-            scope, receive, send if conn.adopted else conn.send)
+            scope, receive, send if adopted else conn.send)
     except asyncio.CancelledError:
         if conn.closed_by is None:
             conn.closed_by = "shutdown"  # daphne cancels without a close frame
