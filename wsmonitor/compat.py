@@ -214,7 +214,8 @@ def channels_dispatch_inlinable(dispatch):
     version = installed_version("channels")
     try:
         return (version is not None and version_problem("channels", version) is None
-                and {"get_handler_name", "aclose_old_connections"} <= set(dispatch.__code__.co_names)
+                and {"get_handler_name", "aclose_old_connections"}
+                <= set(dispatch.__code__.co_names)
                 and callable(consumer.aclose_old_connections)
                 and consumer.get_handler_name({"type": "websocket.receive"}) == "websocket_receive")
     except Exception:  # any surprise in another library's internals: its own dispatch

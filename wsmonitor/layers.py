@@ -170,7 +170,7 @@ class _Members:
         groups = self._wsm_joined.pop(channel, None)
         if len(self._wsm_gone) >= self.GONE_READERS_KEPT:
             del self._wsm_gone[next(iter(self._wsm_gone))]
-        self._wsm_gone[channel] = True  # bounded table: live_app's heap probe leaves it out
+        self._wsm_gone[channel] = True
         session = _sessions.pop(channel, None)
         if groups:
             _lm.lost("group_add", "stale", len(groups), ",".join(sorted(groups)), session,
