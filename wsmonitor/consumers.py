@@ -27,7 +27,6 @@ from . import layers as _layers
 from . import tracing
 from .conf import get_config
 from .connection import Connection
-from .connection import payload_size as _payload_size  # noqa: I001
 from .heartbeat import HeartbeatMixin
 from .logging import logger
 from .registry import valid_close_code
@@ -151,12 +150,8 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
             absorb = conn.absorb
             if absorb is not None and absorb(message):
                 return  # a heartbeat pong: not the application's, not a counted message
-            size = _payload_size(message)
-            conn.messages_in += 1
-            conn.bytes_in += size
+            conn.received(message)
             metrics = conn.metrics
-            if metrics is not None:
-                metrics.observe_size_in(size)  # ws_messages_total is read from its count
             stage = "receive"
             envelope = None
             span = None if conn.tracer is None else self._wsm_receive_span(conn, message)

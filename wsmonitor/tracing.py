@@ -17,7 +17,7 @@ from . import __version__
 ABNORMAL_CLOSE_CODES = frozenset({1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1014, 1015})
 _PROPAGATION_KEYS = ("traceparent", "tracestate")
 _MAX_QUERY = 4096  # longer query strings are not searched for a traceparent
-_ROOT = ROOT_CONTEXT = Context()  # an empty context: a span started in it begins a new trace
+ROOT_CONTEXT = Context()  # an empty context: a span started in it begins a new trace
 
 _cached = (None, None)
 
@@ -162,7 +162,7 @@ def start_handler_span(tracer, name, parent, connection_span, session_id, kind, 
     else:
         links = links or [Link(connection_span.get_span_context())]
         if parent is None:
-            parent = _ROOT
+            parent = ROOT_CONTEXT
     if attributes is None:
         attributes = {"websocket.session.id": session_id}
     return tracer.start_span(name, context=parent, kind=kind, links=links, attributes=attributes)
