@@ -257,6 +257,9 @@ Lifecycle.TestCase.settings = settings(
 )
 
 
+# 60 examples of up to 25 steps take about a minute; on a loaded two-core machine they took over
+# the suite's 120 s default, and the timeout then surfaced as hypothesis' "flaky" error.
+@pytest.mark.timeout(600)
 @override_settings(CHANNEL_LAYERS={
     "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
     "flaky": {"BACKEND": "tests.consumers.FlakyLayer"},
