@@ -74,8 +74,10 @@ def env(tmp_path_factory):
     wheel_line = f'python -m pip install "dist/wsmonitor-{__version__}-py3-none-any.whl[daphne]"'
     assert any(wheel_line in body for kind, body in blocks if kind == "sh"), wheel_line
     assert wheel.name == f"wsmonitor-{__version__}-py3-none-any.whl"
+    # The newest tested pins as constraints: a library's later release cannot turn this red
+    # (a W004 from the check below) before scripts/matrix/newest.txt is raised to it.
     run(bin_dir / "python", "-m", "pip", "install", "--quiet", f"{wheel}[daphne]",
-        env=environment)
+        "-c", ROOT / "scripts" / "matrix" / "newest.txt", env=environment)
     return {"bin": bin_dir, "env": environment, "wheel": wheel, "sdist": sdist, "base": base}
 
 

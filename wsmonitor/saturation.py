@@ -218,6 +218,22 @@ async def layer_backlog():
             elif isinstance(getattr(layer, "channels", None), dict):
                 # channels' InMemoryChannelLayer: one queue per channel, all in this process.
                 result[alias] = sum(queue.qsize() for queue in list(layer.channels.values()))
-        except Exception:  # a sample lost is better than a sampler dead
-            continue
+        except Exception as exc:  # a sample lost is better than a sampler dead
+            # ... but never silently, and never as the last value staying exported: the layer's
+            # internals may have changed (channels_redis, channels) or its Redis be unreachable.
+            config = get_config()
+            try:
+                LAYER_BACKLOG.remove(config["NODE"], alias)
+            except KeyError:
+                pass
+            if config["LOGS"] and not getattr(layer, "_wsm_backlog_warned", False):
+                from .logging import logger
+
+                logger.warning("ws_layer_backlog_error", alias=alias,
+                               error=f"{type(exc).__name__}: {exc}",
+                               layer=f"{type(layer).__module__}.{type(layer).__qualname__}")
+                try:
+                    layer._wsm_backlog_warned = True  # once per layer: a Redis outage is long
+                except AttributeError:
+                    pass
     return result
