@@ -362,3 +362,21 @@ async def test_pong_bookkeeping_lost_late_duplicate_and_forged_pongs():
     assert len(beat.pending) == MAX_PENDING and beat.unanswered_since == 100.0
     beat.pong(4)  # too old to remember its send time, but proof of life
     assert beat.answered == 3 and beat.unanswered_since == beat.pending[0][1]
+
+
+async def test_a_layer_whose_backlog_cannot_be_read_is_logged_once_and_not_exported(
+        caplog, monkeypatch):
+    from channels.layers import channel_layers
+
+    class Misshapen:  # a layer whose internals are not what the sampler knows
+        channels = {"specific.x": object()}
+
+    monkeypatch.setitem(channel_layers.backends, "misshapen", Misshapen())
+    saturation.LAYER_BACKLOG.labels(NODE, "misshapen").set(7)  # a value from before it broke
+    with caplog.at_level(logging.WARNING, logger="wsmonitor"):
+        for _ in range(2):
+            assert "misshapen" not in await saturation.layer_backlog()
+    warned = [r for r in caplog.records if "ws_layer_backlog_error" in r.getMessage()]
+    assert len(warned) == 1 and "misshapen" in warned[0].getMessage()
+    assert "misshapen" not in MetricsSnapshot.collect().label_values(
+        "ws_channel_layer_backlog_messages", "alias")  # absent, not its last value
