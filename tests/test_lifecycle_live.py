@@ -60,13 +60,18 @@ async def test_an_invalid_setting_is_logged_at_start_and_connections_still_work(
     errors = {event["check"]: event for event in server.events("ws_config_error")}
     assert "CLOSE_CODES" in errors["wsmonitor.E004"]["message"]
     assert "documented defaults" in errors["wsmonitor.E000"]["message"]
-    before = server.scrape()
+    # The demo's settings name an access rule for /metrics: invalid settings shut it rather
+    # than fall back to the default, which answers everyone.
+    assert "/metrics refuses every request" in errors["wsmonitor.E000"]["message"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(server.http_url("/metrics"), timeout=5)
+    assert refused.value.code == 403 and b"WSMONITOR is invalid" in refused.value.read()
     await echo_once(server)
-    after = server.scrape()
-    labels = {"consumer": "EchoConsumer"}
-    assert after.value("ws_connects_total", **labels) - before.value(
-        "ws_connects_total", **labels) == 1
-    assert after.value("ws_errors_total") == before.value("ws_errors_total")
+    await eventually(lambda: server.events("ws_close"), timeout=5, message="ws_close logged")
+    (opened,) = server.events("ws_open")
+    assert opened["consumer"] == "EchoConsumer"
+    assert [e["code"] for e in server.events("ws_close")] == [1000]
+    assert not server.events("ws_error")
     assert "TypeError" not in server.log()
 
 
