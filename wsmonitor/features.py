@@ -16,7 +16,8 @@ that :class:`wsmonitor.connection.Connection` calls:
 
 Per-connection state lives in ``conn.state[feature.name]``; each feature owns its
 instruments in its own module. Hooks never break a connection: an exception in
-one is logged (``ws_feature_error``) and the connection goes on.
+one is logged (``ws_feature_error``) and the connection goes on; an absorber
+that raises lets the message through to the application.
 
     from wsmonitor import features
 
@@ -30,6 +31,8 @@ one is logged (``ws_feature_error``) and the connection goes on.
 """
 
 from django.core.exceptions import ImproperlyConfigured
+
+from .logging import logger
 
 #: Consumer kinds: wsmonitor's async and sync consumers, and third-party
 #: applications seen only through :class:`wsmonitor.WSMonitorMiddleware`.
@@ -96,6 +99,23 @@ def for_kind(kind):
     if found is None or found[0] != generation:
         found = _by_kind[kind] = (generation, tuple(f for f in _features if kind in f.kinds))
     return found[1]
+
+
+def absorber_failed(conn, absorb, exc):
+    """An absorber raised on a received message: log it, then let this connection's messages
+    through to the application as if nothing swallowed them (one log line per connection,
+    not one per message)."""
+    if conn.logs:
+        logger.error("ws_feature_error", hook="absorb",
+                     absorber=getattr(absorb, "__qualname__", repr(absorb)), exc_info=exc)
+
+    def absorb_quietly(message):
+        try:
+            return absorb(message)
+        except Exception:
+            return False
+
+    conn.absorb = absorb_quietly
 
 
 def class_options(cls, kind):
