@@ -380,3 +380,21 @@ async def test_the_middleware_runs_absorbers_of_middleware_features(feature, cap
     assert_metric_diff(before, "ws_errors_total", 0, **labels)
     assert_metric_diff(before, "ws_closes_total", 1, code="1000", **labels)
     assert any("ws_feature_error" in r.getMessage() for r in caplog.records)
+
+
+def test_every_feature_declares_the_consumer_kinds_it_supports():
+    from wsmonitor import features
+
+    for registered in features.registered():
+        declared = [klass for klass in type(registered).__mro__
+                    if "kinds" in vars(klass) and klass is not features.Feature]
+        assert declared, f"{type(registered).__qualname__} inherits its kinds"
+
+    class Undeclared(features.Feature):
+        name = "test_undeclared"
+
+    for kinds in (None, (), "async", {"async", "websocket"}):
+        Undeclared.kinds = kinds
+        with pytest.raises(ValueError, match="kinds"):
+            features.register(Undeclared())
+    assert "test_undeclared" not in [f.name for f in features.registered()]

@@ -1,8 +1,9 @@
 """The feature interface: what plugs into a connection's lifecycle.
 
 A feature (the heartbeat, the session registry, the saturation sampler, ...) is
-an object with a ``name``, the consumer ``kinds`` it supports and three hooks
-that :class:`wsmonitor.connection.Connection` calls:
+an object with a ``name``, the consumer ``kinds`` it supports (required:
+:func:`register` refuses a feature that does not say) and three hooks that
+:class:`wsmonitor.connection.Connection` calls:
 
 * ``opened(conn)``: the accept went out. A feature that must see received
   messages calls ``conn.add_absorber(fn)`` here: ``fn(message)`` runs before
@@ -23,6 +24,7 @@ that raises lets the message through to the application.
 
     class Audit(features.Feature):
         name = "audit"
+        kinds = features.KINDS
 
         def opened(self, conn):
             audit_log.info("open %s %s", conn.session_id, conn.label)
@@ -44,8 +46,9 @@ class Feature:
 
     #: Unique name: the key of ``conn.options`` and ``conn.state``.
     name = None
-    #: The consumer kinds this feature works with.
-    kinds = KINDS
+    #: The consumer kinds this feature works with (a subset of :data:`KINDS`), declared by
+    #: every feature: ``register`` refuses one that leaves it out.
+    kinds = None
     #: Says what to do when a class of an unsupported kind switches the feature on.
     unsupported_hint = ""
 
@@ -68,8 +71,11 @@ generation = 0
 def register(feature):
     """Plug ``feature`` into every connection opened from now on; returns it."""
     global generation
-    if not feature.name or not set(feature.kinds) <= KINDS:
-        raise ValueError(f"a feature needs a name and kinds among {sorted(KINDS)}")
+    kinds = feature.kinds
+    if not feature.name or isinstance(kinds, str) or not kinds or not set(kinds) <= KINDS:
+        raise ValueError(f"{type(feature).__qualname__} needs a name and the consumer kinds it "
+                         f"supports: a non-empty set among {sorted(KINDS)}, e.g. "
+                         "features.KINDS for all")
     unregister(feature.name)
     _features.append(feature)
     generation += 1

@@ -52,6 +52,7 @@ class ServerKills(features.Feature):
     """Remembers each connection's application task, so a kill names its session."""
 
     name = "server_kills"
+    kinds = features.KINDS  # daphne kills any application task
 
     def opened(self, conn):
         if DAPHNE_LOGGER not in sys.modules:
