@@ -10,6 +10,10 @@ import tracemalloc
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_project.settings")
+
+from demo_project.otel import configure_tracing  # noqa: E402
+
+configure_tracing()  # spans only with OTEL_TRACES_EXPORTER set, as in the demo
 django_asgi_app = get_asgi_application()
 
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
@@ -17,7 +21,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from demo_project.routing import websocket_urlpatterns  # noqa: E402
-from wsmonitor import InstrumentedAsyncWebsocketConsumer  # noqa: E402
+from wsmonitor import (  # noqa: E402
+    InstrumentedAsyncJsonWebsocketConsumer, InstrumentedAsyncWebsocketConsumer,
+)
 
 
 class RaisesEveryMessage(InstrumentedAsyncWebsocketConsumer):
@@ -35,6 +41,17 @@ class BlocksTheLoop(InstrumentedAsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         time.sleep(1.0)  # a synchronous call inside an async handler: the whole loop stalls
         await self.send(text_data=text_data)
+
+
+class RawJsonEcho(InstrumentedAsyncJsonWebsocketConsumer):
+    """A JSON consumer (so wsmonitor looks for a traceparent in each message) that answers
+    with the first 100 characters unparsed, whatever the client sent."""
+
+    async def connect(self):
+        await self.accept()
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        await self.send(text_data=(text_data or "")[:100])
 
 
 class PlainEcho(AsyncWebsocketConsumer):
@@ -81,6 +98,7 @@ application = ProtocolTypeRouter({
         path("ws/raises/", RaisesEveryMessage.as_asgi()),
         path("ws/blocks/", BlocksTheLoop.as_asgi()),
         path("ws/plain/", PlainEcho.as_asgi()),
+        path("ws/raw-json/", RawJsonEcho.as_asgi()),
         *websocket_urlpatterns,
     ]),
 })

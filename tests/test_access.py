@@ -71,3 +71,43 @@ def test_demo_under_daphne_serves_loopback_and_refuses_without_token(start_daphn
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(server.http_url("/metrics"), timeout=5)
     assert refused.value.code == 403
+
+
+@pytest.mark.parametrize("value", [
+    {"METRICS_TOKEN": TOKEN, "CLOSE_CODES": 5},  # a valid rule beside an invalid setting
+    {"METRICS_ALLOWED_NETWORKS": ["10.0.0.0/8"], "NODES": "typo"},  # an unknown key
+    {"METRICS_TOKEN": "short"},  # the rule itself invalid
+    {"METRICS_TOKN": TOKEN},  # the rule misspelt
+    [("METRICS_TOKEN", TOKEN)],  # not a dict: what it meant cannot be told
+])
+def test_invalid_settings_that_name_an_access_rule_shut_metrics(client, value):
+    with override_settings(WSMONITOR=value):
+        for remote, token in (("10.1.2.3", TOKEN), ("127.0.0.1", None), ("203.0.113.9", None)):
+            response = get(client, remote=remote, token=token)
+            assert response.status_code == 403, (value, remote)
+            assert b"WSMONITOR is invalid" in response.content
+            assert b"process_open_fds" not in response.content
+
+
+def test_invalid_settings_without_an_access_rule_keep_the_default(client):
+    with override_settings(WSMONITOR={"CLOSE_CODES": 5, "METRICS_TOKEN": None}):
+        assert get(client, remote="203.0.113.9").status_code == 200
+
+
+@pytest.mark.parametrize("value, redacted", [
+    ({"REDACT_CLIENTS": True, "CLOSE_CODES": 5}, True),
+    ({"REDACT_CLIENTS": "yes"}, True),  # invalid itself: the safe reading
+    ({"REDACT_CLENTS": True}, True),  # misspelt
+    ("not a dict", True),
+    ({"REDACT_CLIENTS": False, "CLOSE_CODES": 5}, False),
+    ({"CLOSE_CODES": 5}, False),
+])
+def test_invalid_settings_never_undo_redaction(value, redacted):
+    from wsmonitor.conf import get_config
+    from wsmonitor.connection import client_address
+
+    with override_settings(WSMONITOR=value):
+        config = get_config()
+        assert config["REDACT_CLIENTS"] is redacted
+        address = client_address({"client": ["198.51.100.7", 5000]}, config)
+        assert address == ("redacted" if redacted else "198.51.100.7:5000")

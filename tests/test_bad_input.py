@@ -201,3 +201,33 @@ async def test_hostile_query_strings_headers_and_subprotocols_never_break_a_sock
     assert echo(after, "ws_errors_total") == echo(before, "ws_errors_total")
     assert echo(after, "ws_closes_total", code="1011") == echo(before, "ws_closes_total",
                                                                code="1011")
+
+
+@pytest.fixture(scope="module")
+def traced_server(tmp_path_factory):
+    """A daphne with a TracerProvider, so wsmonitor reads trace context from JSON messages."""
+    daphne = Daphne(tmp_path_factory.mktemp("bad-input-traced"), name="bad-input-traced",
+                    app="tests.live_app:application", env={"OTEL_TRACES_EXPORTER": "console"})
+    yield daphne
+    daphne.stop()
+
+
+@pytest.mark.parametrize("payload", [
+    '{"traceparent":' + "[" * 5000,  # json.loads raises RecursionError, not ValueError
+    '{"traceparent":' + "[" * 100000,  # longer than wsmonitor parses for a traceparent
+    '{"traceparent": {"traceparent": 1}}',
+    '{"traceparent": "00-' + "f" * 32 + '-' + "0" * 16 + '-01"}',  # an invalid span ID
+    '["traceparent", 1e999999]',
+])
+async def test_hostile_trace_context_in_messages_never_breaks_a_socket(traced_server, payload):
+    labels = {"consumer": "RawJsonEcho"}
+    before = traced_server.scrape()
+    async with client(traced_server, "/ws/raw-json/") as ws:
+        await ws.send(payload)
+        assert await asyncio.wait_for(ws.recv(), 5) == payload[:100]
+        await ws.send('{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}')
+        assert (await asyncio.wait_for(ws.recv(), 5)).startswith('{"traceparent"')
+    await eventually(lambda: traced_server.scrape().value("ws_closes_total", code="1000", **labels)
+                     == before.value("ws_closes_total", code="1000", **labels) + 1)
+    after = traced_server.scrape()
+    assert after.value("ws_errors_total", **labels) == before.value("ws_errors_total", **labels)

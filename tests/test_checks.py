@@ -89,3 +89,48 @@ async def test_no_setting_can_break_a_connection():
             await communicator.send_to(text_data="hi")
             assert await communicator.receive_from(timeout=3) == "hi"
             await communicator.disconnect(code=1000, timeout=3)
+
+
+async def test_a_feature_registered_after_a_class_refuses_it_by_check_and_at_first_connection(
+        caplog):
+    """E018: the class was defined before the feature that cannot serve its kind existed."""
+    import logging
+
+    from channels.testing import WebsocketCommunicator
+
+    from wsmonitor import InstrumentedAsyncWebsocketConsumer, features
+    from wsmonitor.checks import check_features
+
+    class WantsSyncOnly(InstrumentedAsyncWebsocketConsumer):
+        wsmonitor_sync_only = True
+
+        async def connect(self):
+            await self.accept()
+
+        async def receive(self, text_data=None, bytes_data=None):
+            await self.send(text_data=text_data)
+
+    class SyncOnly(features.Feature):
+        name = "test_sync_only"
+        kinds = frozenset({"sync"})
+        unsupported_hint = "Use a sync consumer."
+
+        def options(self, cls):
+            return True if getattr(cls, "wsmonitor_sync_only", False) else None
+
+    features.register(SyncOnly())
+    caplog.set_level(logging.ERROR)
+    try:
+        (error,) = [e for e in check_features(None) if "WantsSyncOnly" in e.msg]
+        assert error.id == "wsmonitor.E018"
+        assert "test_sync_only" in error.msg and "Use a sync consumer." in error.msg
+        for _ in range(2):  # refused, logged once, and the socket still served
+            communicator = WebsocketCommunicator(WantsSyncOnly.as_asgi(), "/ws/")
+            assert (await communicator.connect(timeout=3))[0]
+            await communicator.send_to(text_data="hi")
+            assert await communicator.receive_from(timeout=3) == "hi"
+            await communicator.disconnect(code=1000, timeout=3)
+    finally:
+        features.unregister("test_sync_only")
+    refused = [r.getMessage() for r in caplog.records if "ws_feature_refused" in r.getMessage()]
+    assert len(refused) == 1 and "WantsSyncOnly" in refused[0], refused

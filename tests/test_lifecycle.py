@@ -292,3 +292,109 @@ async def test_connect_failing_on_a_dead_redis_is_counted_and_logged_once(caplog
     assert_metric_diff(before, "ws_connects_rejected_total", 1, reason="error", **labels)
     errors = [r for r in caplog.records if "ws_error" in r.getMessage()]
     assert len(errors) == 1, [r.getMessage() for r in errors]
+
+
+@pytest.fixture
+def feature():
+    """Register features for one test; unregistered afterwards."""
+    from wsmonitor import features
+
+    names = []
+
+    def register(feature):
+        names.append(feature.name)
+        return features.register(feature)
+
+    yield register
+    for name in names:
+        features.unregister(name)
+
+
+def absorbing_feature(kinds):
+    """A feature whose absorber swallows "swallow" and raises on "crash"."""
+    from wsmonitor import features
+
+    class Absorbs(features.Feature):
+        name = "test_absorbs"
+
+        def opened(self, conn):
+            conn.add_absorber(self.absorb)
+
+        def absorb(self, message):
+            if message.get("text") == "crash":
+                raise RuntimeError("absorber bug")
+            return message.get("text") == "swallow"
+
+    Absorbs.kinds = frozenset(kinds)
+    return Absorbs()
+
+
+async def test_an_absorber_that_raises_never_breaks_the_connection(feature, caplog):
+    import logging
+
+    feature(absorbing_feature({"async"}))
+    caplog.set_level(logging.ERROR)
+    before = MetricsSnapshot.collect()
+    communicator = await open_echo()
+    for text in ("crash", "crash", "after"):  # raising lets the message through to the app
+        await communicator.send_to(text_data=text)
+        assert await communicator.receive_from(timeout=3) == text
+    await communicator.send_to(text_data="swallow")
+    await communicator.send_to(text_data="last")
+    assert await communicator.receive_from(timeout=3) == "last"
+    await communicator.disconnect(code=1000, timeout=3)
+    labels = {"consumer": "Echo"}
+    assert_metric_diff(before, "ws_errors_total", 0, **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, code="1000", **labels)
+    assert_metric_diff(before, "ws_messages_total", 4, direction="in", **labels)
+    logged = [r.getMessage() for r in caplog.records if "ws_feature_error" in r.getMessage()]
+    assert len(logged) == 1 and "absorb" in logged[0], logged  # once per connection
+
+
+async def test_the_middleware_runs_absorbers_of_middleware_features(feature, caplog):
+    import logging
+
+    from channels.generic.websocket import AsyncWebsocketConsumer
+
+    from wsmonitor import WSMonitorMiddleware
+
+    class PlainEcho(AsyncWebsocketConsumer):
+        async def receive(self, text_data=None, bytes_data=None):
+            await self.send(text_data=text_data)
+
+    feature(absorbing_feature({"middleware"}))
+    caplog.set_level(logging.ERROR)
+    before = MetricsSnapshot.collect()
+    app = WSMonitorMiddleware(PlainEcho.as_asgi(), label="absorbed")
+    communicator = WebsocketCommunicator(app, "/ws/")
+    assert (await communicator.connect(timeout=3))[0]
+    await communicator.send_to(text_data="swallow")  # never reaches the application
+    await communicator.send_to(text_data="crash")
+    assert await communicator.receive_from(timeout=3) == "crash"
+    await communicator.send_to(text_data="after")
+    assert await communicator.receive_from(timeout=3) == "after"
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect(code=1000, timeout=3)
+    labels = {"consumer": "absorbed"}
+    assert_metric_diff(before, "ws_messages_total", 2, direction="in", **labels)
+    assert_metric_diff(before, "ws_errors_total", 0, **labels)
+    assert_metric_diff(before, "ws_closes_total", 1, code="1000", **labels)
+    assert any("ws_feature_error" in r.getMessage() for r in caplog.records)
+
+
+def test_every_feature_declares_the_consumer_kinds_it_supports():
+    from wsmonitor import features
+
+    for registered in features.registered():
+        declared = [klass for klass in type(registered).__mro__
+                    if "kinds" in vars(klass) and klass is not features.Feature]
+        assert declared, f"{type(registered).__qualname__} inherits its kinds"
+
+    class Undeclared(features.Feature):
+        name = "test_undeclared"
+
+    for kinds in (None, (), "async", {"async", "websocket"}):
+        Undeclared.kinds = kinds
+        with pytest.raises(ValueError, match="kinds"):
+            features.register(Undeclared())
+    assert "test_undeclared" not in [f.name for f in features.registered()]

@@ -60,13 +60,18 @@ async def test_an_invalid_setting_is_logged_at_start_and_connections_still_work(
     errors = {event["check"]: event for event in server.events("ws_config_error")}
     assert "CLOSE_CODES" in errors["wsmonitor.E004"]["message"]
     assert "documented defaults" in errors["wsmonitor.E000"]["message"]
-    before = server.scrape()
+    # The demo's settings name an access rule for /metrics: invalid settings shut it rather
+    # than fall back to the default, which answers everyone.
+    assert "/metrics refuses every request" in errors["wsmonitor.E000"]["message"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(server.http_url("/metrics"), timeout=5)
+    assert refused.value.code == 403 and b"WSMONITOR is invalid" in refused.value.read()
     await echo_once(server)
-    after = server.scrape()
-    labels = {"consumer": "EchoConsumer"}
-    assert after.value("ws_connects_total", **labels) - before.value(
-        "ws_connects_total", **labels) == 1
-    assert after.value("ws_errors_total") == before.value("ws_errors_total")
+    await eventually(lambda: server.events("ws_close"), timeout=5, message="ws_close logged")
+    (opened,) = server.events("ws_open")
+    assert opened["consumer"] == "EchoConsumer"
+    assert [e["code"] for e in server.events("ws_close")] == [1000]
+    assert not server.events("ws_error")
     assert "TypeError" not in server.log()
 
 
@@ -130,3 +135,107 @@ async def test_send_backlog_is_absent_where_it_cannot_be_measured(start_server):
         page = server.scrape()
     for name in ("ws_send_backlog_bytes", "ws_send_backlog_connections"):
         assert not [s for s in page.samples if s[0] == name], f"{name} exported under uvicorn"
+
+
+# --- Spans and error counts through daphne (spans printed by OTEL_TRACES_EXPORTER=console) ----
+
+TRACED = {"OTEL_TRACES_EXPORTER": "console"}
+
+
+def printed_spans(server):
+    import json
+
+    return [json.loads(line) for line in server.log().splitlines()
+            if line.startswith("{") and '"context"' in line]
+
+
+def session_spans(server, consumer):
+    """The spans of the one session of ``consumer``, once its connection span is printed."""
+    connections = [s for s in printed_spans(server) if s["name"] == "ws.connection"
+                   and s["attributes"].get("wsmonitor.consumer") == consumer]
+    if len(connections) != 1:
+        return None
+    session_id = connections[0]["attributes"]["websocket.session.id"]
+    return [s for s in printed_spans(server)
+            if s["attributes"].get("websocket.session.id") == session_id]
+
+
+async def test_a_stream_run_in_a_task_puts_its_attributes_on_a_span_of_the_session(
+        start_daphne):
+    import json
+
+    server = start_daphne(app="tests.lifecycle_app:application", env=TRACED, name="stream")
+    async with connect(server.ws_url("/ws/stream/"), open_timeout=5, close_timeout=5) as ws:
+        # The demo's pattern: receive_json() starts the answer in a task and returns.
+        await ws.send(json.dumps({"prompt": "why", "chunks": 3, "delay": 0.01}))
+        while True:
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if answer["type"] == "done":
+                break
+    spans = await eventually(lambda: session_spans(server, "StreamConsumer"), timeout=5,
+                             message="the stream session's spans printed")
+    streamed = [s for s in spans if "wsmonitor.stream.name" in s["attributes"]]
+    assert len(streamed) == 1, [s["name"] for s in spans]
+    attributes = streamed[0]["attributes"]
+    assert attributes["wsmonitor.stream.name"] == "answer"
+    assert attributes["wsmonitor.stream.chunks"] == 3
+    assert attributes["wsmonitor.stream.outcome"] == "ok"
+    # In the message's trace (the default TRACE_MODEL), under the message that started it,
+    # although that span ended long before; linked to the connection like the message.
+    (message,) = [s for s in spans if s["name"] == "StreamConsumer receive"]
+    assert streamed[0]["parent_id"] == message["context"]["span_id"]
+    assert streamed[0]["end_time"] > message["end_time"]
+    connection = next(s for s in spans if s["name"] == "ws.connection")
+    assert connection["context"]["span_id"] in [
+        link["context"]["span_id"] for link in streamed[0]["links"]]
+
+
+async def test_split_connection_span_exports_an_error_raised_in_disconnect(start_daphne):
+    import json
+
+    env = {**TRACED, "TESTS_WSMONITOR": json.dumps({"SPLIT_CONNECTION_SPAN": True})}
+    server = start_daphne(app="tests.lifecycle_app:application", env=env, name="split")
+    async with connect(server.ws_url("/ws/disconnect-raises/"), open_timeout=5,
+                       close_timeout=5) as ws:
+        await ws.send("x")
+        assert await asyncio.wait_for(ws.recv(), 5) == "x"
+    spans = await eventually(
+        lambda: (found := session_spans(server, "DisconnectRaises"))
+        and any(s["name"] == "ws.close" for s in found) and found,
+        timeout=5, message="the ws.close span printed")
+    errors = [s for s in spans if s["status"]["status_code"] == "ERROR"
+              and any(e["name"] == "exception" for e in s["events"])]
+    assert errors, [(s["name"], s["status"]) for s in spans]
+    (failed,) = errors
+    assert failed["name"] == "ws.close"
+    (event,) = [e for e in failed["events"] if e["name"] == "exception"]
+    assert event["attributes"]["exception.message"] == "disconnect failed"
+    assert "in disconnect" in failed["status"]["description"]
+    # The ws.connection span ended at accept and was exported without it.
+    (connection,) = [s for s in spans if s["name"] == "ws.connection"]
+    assert connection["status"]["status_code"] != "ERROR"
+    labels = {"consumer": "DisconnectRaises"}
+    assert server.scrape().value("ws_errors_total", stage="disconnect", **labels) == 1
+
+
+async def test_connect_failing_on_a_dead_redis_is_counted_and_logged_once(start_daphne):
+    from websockets.exceptions import InvalidStatus
+
+    from .conftest import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: like Redis down
+    server = start_daphne(app="tests.lifecycle_app:application", env={"REDIS_URL": dead},
+                          name="dead-redis")
+    with pytest.raises(InvalidStatus) as refused:  # group_add raises in connect()
+        async with connect(server.ws_url("/ws/chat/lobby/"), open_timeout=10):
+            pass
+    assert refused.value.response.status_code == 500
+    labels = {"consumer": "ChatConsumer"}
+    await eventually(lambda: server.scrape().value("ws_connects_rejected_total", reason="error",
+                                                   **labels) == 1, timeout=10)
+    after = server.scrape()
+    assert after.value("ws_errors_total", stage="connect", **labels) == 1
+    assert after.value("ws_errors_total", **labels) == 1  # not again under "layer"
+    errors = server.events("ws_error")
+    assert len(errors) == 1, errors
+    assert errors[0]["stage"] == "connect"

@@ -58,6 +58,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.accepted = collections.Counter()
         self.open = collections.Counter()
         self.live = {}  # id -> (name, communicator) of accepted connections still open
+        self.zombies = 0  # SyncBeatEcho connections the heartbeat closed
         self.log = Events()
         logging.getLogger("wsmonitor").addHandler(self.log)
 
@@ -184,6 +185,7 @@ class Lifecycle(RuleBasedStateMachine):
             await self._disconnect(communicator, 4408)  # the client echoes the close
         self.run(go())
         self.closed(conn, 4408)
+        self.zombies += 1
 
     @rule(conn=consumes(connections))
     def shutdown(self, conn):
@@ -249,6 +251,17 @@ class Lifecycle(RuleBasedStateMachine):
         assert len(opens) == sum(self.accepted.values())
         assert len(closes) == sum(self.accepted.values()) - still_open
         assert set(closes) <= set(opens)
+        # The heartbeat's books: one timeout per zombie, each close said to be the heartbeat's.
+        timeouts = (after.value("ws_heartbeat_timeouts_total", consumer="SyncBeatEcho")
+                    - self.before.value("ws_heartbeat_timeouts_total", consumer="SyncBeatEcho"))
+        assert timeouts == self.zombies
+        consumer_of = {e["session_id"]: e["consumer"] for e in self.log.events
+                       if e["event"] == "ws_open"}
+        by_heartbeat = [e for e in self.log.events if e["event"] == "ws_close"
+                        and e["closed_by"] == "heartbeat"]
+        assert len(by_heartbeat) == self.zombies
+        assert all(e["code"] == 4408 and consumer_of[e["session_id"]] == "SyncBeatEcho"
+                   for e in by_heartbeat)
 
 
 Lifecycle.TestCase.settings = settings(

@@ -3,6 +3,7 @@
 import ipaddress
 import logging
 import socket
+from difflib import get_close_matches
 from functools import lru_cache
 
 from django.conf import settings
@@ -214,17 +215,49 @@ def _console_problems(user):
     return problems
 
 
+def _misspelt(key, unknown):
+    """Whether one of the ``unknown`` keys (upper case) looks like ``key``."""
+    word = key.split("_")[-1]
+    return any(word in name for name in unknown) or bool(
+        get_close_matches(key, unknown, n=1, cutoff=0.75))
+
+
+#: Key of :func:`get_config`'s result: why ``/metrics`` refuses every request (the settings are
+#: invalid and name an access rule), or None.
+METRICS_REFUSED = "_METRICS_REFUSED"
+_ACCESS_KEYS = ("METRICS_ALLOWED_NETWORKS", "METRICS_TOKEN")
+
+
 @lru_cache(maxsize=None)
 def get_config():
     """Return the merged settings; cached until a setting changes.
 
     An invalid ``WSMONITOR`` is never merged: the documented defaults apply
-    until it is fixed (the start-up log and ``manage.py check`` say why).
+    until it is fixed (the start-up log and ``manage.py check`` say why), except
+    where a default would be less private than what the project asked for: a
+    ``/metrics`` access rule it names shuts ``/metrics`` (``METRICS_REFUSED``), and
+    a ``REDACT_CLIENTS`` it names, unless ``False``, keeps client addresses redacted
+    (an unknown key that looks like one of them counts too).
     """
     user = getattr(settings, "WSMONITOR", None) or {}
     config = dict(DEFAULTS)
+    config[METRICS_REFUSED] = None
     if not validate(user):
         config.update(user)
+    else:
+        # A typo anywhere must not open /metrics to everyone or un-redact clients. A value
+        # that is not a dict cannot say what it meant: both stay closed.
+        named = user if isinstance(user, dict) else dict.fromkeys(
+            (*_ACCESS_KEYS, "REDACT_CLIENTS"), True)
+        # A misspelt key may be the very rule the project meant to set.
+        unknown = [str(key).upper() for key in named if key not in DEFAULTS]
+        if any(named.get(key) is not None or _misspelt(key, unknown)
+               for key in _ACCESS_KEYS):
+            config[METRICS_REFUSED] = (
+                "WSMONITOR is invalid and sets an access rule for /metrics: every request is "
+                "refused until it is fixed (see the ws_config_error log or manage.py check).")
+        config["REDACT_CLIENTS"] = (named.get("REDACT_CLIENTS", False) is not False
+                                    or _misspelt("REDACT_CLIENTS", unknown))
     if not config["NODE"]:
         config["NODE"] = socket.gethostname()
     return config

@@ -148,8 +148,12 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
         kind = message["type"]
         if kind == "websocket.receive" and conn is not None:  # the hot path
             absorb = conn.absorb
-            if absorb is not None and absorb(message):
-                return  # a heartbeat pong: not the application's, not a counted message
+            if absorb is not None:
+                try:  # free in 3.11 unless it raises
+                    if absorb(message):
+                        return  # a heartbeat pong: not the application's, not counted
+                except Exception as exc:  # a feature never breaks the connection
+                    features.absorber_failed(conn, absorb, exc)
             conn.received(message)
             metrics = conn.metrics
             stage = "receive"

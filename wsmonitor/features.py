@@ -1,8 +1,9 @@
 """The feature interface: what plugs into a connection's lifecycle.
 
 A feature (the heartbeat, the session registry, the saturation sampler, ...) is
-an object with a ``name``, the consumer ``kinds`` it supports and three hooks
-that :class:`wsmonitor.connection.Connection` calls:
+an object with a ``name``, the consumer ``kinds`` it supports (required:
+:func:`register` refuses a feature that does not say) and three hooks that
+:class:`wsmonitor.connection.Connection` calls:
 
 * ``opened(conn)``: the accept went out. A feature that must see received
   messages calls ``conn.add_absorber(fn)`` here: ``fn(message)`` runs before
@@ -16,12 +17,14 @@ that :class:`wsmonitor.connection.Connection` calls:
 
 Per-connection state lives in ``conn.state[feature.name]``; each feature owns its
 instruments in its own module. Hooks never break a connection: an exception in
-one is logged (``ws_feature_error``) and the connection goes on.
+one is logged (``ws_feature_error``) and the connection goes on; an absorber
+that raises lets the message through to the application.
 
     from wsmonitor import features
 
     class Audit(features.Feature):
         name = "audit"
+        kinds = features.KINDS
 
         def opened(self, conn):
             audit_log.info("open %s %s", conn.session_id, conn.label)
@@ -30,6 +33,8 @@ one is logged (``ws_feature_error``) and the connection goes on.
 """
 
 from django.core.exceptions import ImproperlyConfigured
+
+from .logging import logger
 
 #: Consumer kinds: wsmonitor's async and sync consumers, and third-party
 #: applications seen only through :class:`wsmonitor.WSMonitorMiddleware`.
@@ -41,8 +46,9 @@ class Feature:
 
     #: Unique name: the key of ``conn.options`` and ``conn.state``.
     name = None
-    #: The consumer kinds this feature works with.
-    kinds = KINDS
+    #: The consumer kinds this feature works with (a subset of :data:`KINDS`), declared by
+    #: every feature: ``register`` refuses one that leaves it out.
+    kinds = None
     #: Says what to do when a class of an unsupported kind switches the feature on.
     unsupported_hint = ""
 
@@ -65,8 +71,11 @@ generation = 0
 def register(feature):
     """Plug ``feature`` into every connection opened from now on; returns it."""
     global generation
-    if not feature.name or not set(feature.kinds) <= KINDS:
-        raise ValueError(f"a feature needs a name and kinds among {sorted(KINDS)}")
+    kinds = feature.kinds
+    if not feature.name or isinstance(kinds, str) or not kinds or not set(kinds) <= KINDS:
+        raise ValueError(f"{type(feature).__qualname__} needs a name and the consumer kinds it "
+                         f"supports: a non-empty set among {sorted(KINDS)}, e.g. "
+                         "features.KINDS for all")
     unregister(feature.name)
     _features.append(feature)
     generation += 1
@@ -96,6 +105,23 @@ def for_kind(kind):
     if found is None or found[0] != generation:
         found = _by_kind[kind] = (generation, tuple(f for f in _features if kind in f.kinds))
     return found[1]
+
+
+def absorber_failed(conn, absorb, exc):
+    """An absorber raised on a received message: log it, then let this connection's messages
+    through to the application as if nothing swallowed them (one log line per connection,
+    not one per message)."""
+    if conn.logs:
+        logger.error("ws_feature_error", hook="absorb",
+                     absorber=getattr(absorb, "__qualname__", repr(absorb)), exc_info=exc)
+
+    def absorb_quietly(message):
+        try:
+            return absorb(message)
+        except Exception:
+            return False
+
+    conn.absorb = absorb_quietly
 
 
 def class_options(cls, kind):

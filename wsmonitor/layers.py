@@ -30,6 +30,7 @@ class _ForgetSessions(_features.Feature):
     """A closed connection's channel leaves ``_sessions`` (its reader's end may not be seen)."""
 
     name = "layer_sessions"
+    kinds = frozenset({"async", "sync"})  # only wsmonitor's consumers set conn.channel_name
 
     def closed(self, conn):
         if conn.channel_name is not None:

@@ -12,7 +12,7 @@ socket is counted once, under that consumer's label.
 
 import asyncio
 
-from . import tracing
+from . import features, tracing
 from .conf import get_config
 from .connection import Connection
 
@@ -40,14 +40,22 @@ class WSMonitorMiddleware:
         scope["wsmonitor"] = {"connection": conn, "session_id": conn.session_id}
 
         async def counting_receive():
-            message = await receive()
-            if not conn.adopted:
-                kind = message["type"]
-                if kind == "websocket.receive":
-                    conn.received(message)
-                elif kind == "websocket.disconnect":
-                    conn.disconnected(message.get("code"))
-            return message
+            while True:
+                message = await receive()
+                if not conn.adopted:
+                    kind = message["type"]
+                    if kind == "websocket.receive":
+                        absorb = conn.absorb  # from features of the "middleware" kind
+                        if absorb is not None:
+                            try:
+                                if absorb(message):
+                                    continue  # swallowed: the application never sees it
+                            except Exception as exc:  # a feature never breaks the connection
+                                features.absorber_failed(conn, absorb, exc)
+                        conn.received(message)
+                    elif kind == "websocket.disconnect":
+                        conn.disconnected(message.get("code"))
+                return message
 
         crashed = reason = None
         entered = conn.enter()

@@ -55,6 +55,7 @@ class ReconnectFeature(features.Feature):
     """Counts ``ws_client_reconnects_total`` from what the client reported."""
 
     name = "reconnect"
+    kinds = features.KINDS  # the query string of any handshake
 
     def opened(self, conn):
         metrics = conn.metrics

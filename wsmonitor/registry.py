@@ -115,16 +115,6 @@ class ProcessRegistry:
             self.full = True
             self.wake.set()
 
-    async def stop(self):
-        """Cancel the heartbeat task (tests; a server process just exits)."""
-        task, self.task, self.loop = self.task, None, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-
 
 _registry = None
 

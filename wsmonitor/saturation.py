@@ -135,6 +135,7 @@ class SaturationFeature(features.Feature):
     """Runs the sampler while this event loop has accepted connections."""
 
     name = "saturation"
+    kinds = features.KINDS  # the event loop and the server's buffers, whoever runs the app
 
     # No per-connection flag: closed() runs once for each connection opened() ran for, and
     # acquire() counts the user before anything in it can fail, so the two always pair.

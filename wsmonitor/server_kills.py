@@ -52,14 +52,13 @@ class ServerKills(features.Feature):
     """Remembers each connection's application task, so a kill names its session."""
 
     name = "server_kills"
+    kinds = features.KINDS  # daphne kills any application task
 
     def opened(self, conn):
         if DAPHNE_LOGGER not in sys.modules:
             return  # not under daphne: nothing here can be killed this way
-        try:
-            conn.state[self.name] = asyncio.current_task()
-        except RuntimeError:  # no running loop (a test driving the connection by hand)
-            pass
+        # opened() runs in the counting send of the accept, always on the event loop.
+        conn.state[self.name] = asyncio.current_task()
         if (conn.label, get_config()["NODE"]) not in _exported:
             _series(UNKNOWN)  # from 0, so the first kill shows in rate()
             _series(conn.label)

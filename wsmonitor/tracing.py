@@ -17,6 +17,9 @@ from . import __version__
 ABNORMAL_CLOSE_CODES = frozenset({1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1014, 1015})
 _PROPAGATION_KEYS = ("traceparent", "tracestate")
 _MAX_QUERY = 4096  # longer query strings are not searched for a traceparent
+#: Longest JSON message (characters) searched for a traceparent: parsing it is work the
+#: application repeats, so a huge one is not parsed twice.
+MAX_TRACED_MESSAGE = 65536
 ROOT_CONTEXT = Context()  # an empty context: a span started in it begins a new trace
 
 _cached = (None, None)
@@ -61,18 +64,23 @@ def handshake_context(scope):
 
 
 def message_context(text, field):
-    """Parent context from a JSON message's top-level ``field``, if it carries a valid one."""
-    if text is None or field not in text:
-        return None  # the cheap test first: most messages carry none
+    """Parent context from a JSON message's top-level ``field``, if it carries a valid one.
+
+    Client input: never raises, whatever the text (deep nesting makes ``json.loads``
+    raise RecursionError), and a message over ``MAX_TRACED_MESSAGE`` characters is
+    not parsed for it.
+    """
+    if text is None or field not in text or len(text) > MAX_TRACED_MESSAGE:
+        return None  # the cheap tests first: most messages carry none
     try:
         content = json.loads(text)
-    except ValueError:
+        value = content.get(field) if isinstance(content, dict) else None
+        if not isinstance(value, str):
+            return None
+        context = propagate.extract({"traceparent": value})
+        return context if trace.get_current_span(context).get_span_context().is_valid else None
+    except Exception:  # RecursionError, MemoryError, a propagator's own bug: a new trace
         return None
-    value = content.get(field) if isinstance(content, dict) else None
-    if not isinstance(value, str):
-        return None
-    context = propagate.extract({"traceparent": value})
-    return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
 def envelope_context(envelope):

@@ -15,7 +15,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import metrics as _metrics
 from . import multiprocess, registry
-from .conf import get_config
+from .conf import METRICS_REFUSED, get_config
 
 
 @lru_cache(maxsize=1)
@@ -54,6 +54,10 @@ def allowed(request):
 @require_GET
 def metrics(request):
     """Serve the Prometheus metrics page, or 403 when the request is not allowed."""
+    refused = get_config()[METRICS_REFUSED]
+    if refused is not None:
+        return HttpResponseForbidden(f"metrics: forbidden: {refused}\n",
+                                     content_type="text/plain")
     if not allowed(request):
         return HttpResponseForbidden("metrics: forbidden\n", content_type="text/plain")
     return _export(request)

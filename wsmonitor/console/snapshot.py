@@ -405,6 +405,7 @@ class ConsoleFeature(features.Feature):
     """Starts the sampler with the first connection and records every close."""
 
     name = "console"
+    kinds = features.KINDS
 
     def opened(self, conn):
         if get_config()["CONSOLE"]:
