@@ -31,7 +31,7 @@ class JsonProtocol(InstrumentedAsyncJsonWebsocketConsumer):
             return
         try:
             content = await self.decode_json(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises the latter
             await self.refuse("not_json")
             return
         await self.receive_json(content, **kwargs)

@@ -82,6 +82,7 @@ async def test_messages_over_daphnes_limit_drop_the_connection(server):
 
 @pytest.mark.parametrize("payload, reason", [
     ("not json", "not_json"), ("[1, 2", "not_json"), ("", "binary"), ('{"text": 1}', "invalid"),
+    ("[" * 100_000 + "]" * 100_000, "not_json"),  # json.loads raises RecursionError, not ValueError
 ])
 async def test_the_demo_chat_answers_unreadable_messages_and_stays_open(server, payload, reason):
     before = server.scrape()

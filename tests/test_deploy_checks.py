@@ -23,6 +23,8 @@ def test_an_open_metrics_page_with_debug_off_warns_and_names_the_settings():
     {"DEBUG": False, "WSMONITOR": {"METRICS_ALLOWED_NETWORKS": ["10.0.0.0/8"]}},
     {"DEBUG": False, "WSMONITOR": {"METRICS_TOKEN": "0123456789abcdef"}},
     {"DEBUG": False, "WSMONITOR": {}, "ROOT_URLCONF": "tests.urls_empty"},
+    # Invalid settings that name a rule shut /metrics: it answers nobody, so no "open" warning.
+    {"DEBUG": False, "WSMONITOR": {"METRICS_TOKEN": 5}},
 ])
 def test_no_warning_in_development_with_a_rule_or_without_a_metrics_page(settings):
     assert "wsmonitor.W003" not in deploy_ids(**settings)

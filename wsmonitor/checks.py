@@ -111,7 +111,7 @@ def _metrics_view():
 @register(Tags.security, deploy=True)
 def check_metrics_access(app_configs, **kwargs):
     """With DEBUG off, wsmonitor's /metrics should not answer everyone."""
-    from .conf import get_config
+    from .conf import METRICS_REFUSED, get_config
     from .views import metrics
 
     if settings.DEBUG:
@@ -128,6 +128,8 @@ def check_metrics_access(app_configs, **kwargs):
                  "or keep it off public networks.",
             id="wsmonitor.W003")]
     config = get_config()
+    if config[METRICS_REFUSED] is not None:
+        return []  # shut until the settings are fixed: E004 and friends say what to fix
     if config["METRICS_ALLOWED_NETWORKS"] is None and config["METRICS_TOKEN"] is None:
         return [Warning(
             "/metrics answers every client: connection counts, consumer names and error "

@@ -88,7 +88,7 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                 cls._wsm_options = features.class_options(cls, cls._wsm_kind)
             except ImproperlyConfigured as exc:
                 # Reported by the system check and at start-up; never break a connection.
-                logger.error("ws_feature_refused", error=str(exc))
+                logger.error("ws_feature_refused", check="wsmonitor.E018", error=str(exc))
         return cls._wsm_options
 
     def __call__(self, scope, receive, send):
