@@ -10,11 +10,13 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django.urls import include, path
+from django.utils.html import escape
 
 from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer
 from wsmonitor.console import charts, snapshot, store
 
 from . import consumers
+from .test_sessions_command import events  # noqa: F401 - the fixture
 
 urlpatterns = [path("console/", include("wsmonitor.console.urls"))]
 
@@ -330,6 +332,110 @@ async def test_middleware_only_sessions_of_other_processes_have_no_button(consol
     entry.update(channel="specific.abc!def")
     assert closing.reach(entry, "me") == ("layer", None)
     assert closing.reach({**entry, "process": "me"}, "me") == ("local", None)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_close_reason_is_logged_escaped_and_bounded(console, events):  # noqa: F811
+    console.WSMONITOR = {**console.WSMONITOR, "LOGS": True}
+    closer = await sync_to_async(make_user)("closer", perms=["view_console", "close_sessions"])
+    client = await sync_to_async(client_for)(closer)
+    communicator, session_id = await connect()
+    page = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")).content.decode()
+    assert 'name="reason" maxlength="200"' in page
+    fleet = (await sync_to_async(client.get)("/console/?part=fleet")).content.decode()
+    assert 'name="reason" maxlength="200"' in fleet  # close all: a reason too
+    reason = "deploy 42 <script>\x1b[2J\n" + "y" * 5000
+    response = await sync_to_async(client.post)(
+        f"/console/sessions/{session_id}/close",
+        {"code": "4000", "confirm": "yes", "reason": reason})
+    assert response.status_code == 302 and "done=" in response["Location"]
+    assert await communicator.receive_output(timeout=3) == {"type": "websocket.close",
+                                                             "code": 4000}
+    await communicator.send_input({"type": "websocket.disconnect", "code": 4000})
+    await communicator.wait(timeout=3)
+    (logged,) = events("ws_console_close")
+    assert (logged["staff_user"], logged["target_session_id"], logged["code"]) == (
+        "closer", session_id, 4000)
+    assert logged["reason"] == ("deploy 42 <script>\\x1b[2J\\x0a" + "y" * 5000)[:200]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_session_page_of_a_remote_middleware_only_session(console_redis):
+    """No button, and the page says why: nothing could carry the request to that process."""
+    now = time.time()
+    entry = json.loads(fake_session(7, "mw-node", now))
+    entry.update(kind="middleware", channel=None, layer=None, consumer="PlainConsumer",
+                 user=HOSTILE_NAME)
+    await sync_to_async(fake_process)(console_redis, "mw-node",
+                                      {entry["session_id"]: json.dumps(entry)})
+    closer = await sync_to_async(make_user)("closer", perms=["view_console", "close_sessions"])
+    client = await sync_to_async(client_for)(closer)
+    page = (await sync_to_async(client.get)(f"/console/sessions/{entry['session_id']}/")
+            ).content.decode()
+    assert 'id="close-button"' not in page and 'name="confirm"' not in page
+    why = escape(closing_module().MIDDLEWARE_ONLY)
+    assert f'id="why-not">No close button: {why}.' in page
+    listing = (await sync_to_async(client.get)("/console/", {"node": "mw-node"})).content.decode()
+    assert f'title="{why}">n/a' in listing
+    refused = await sync_to_async(client.post)(
+        f"/console/sessions/{entry['session_id']}/close", {"code": "4000", "confirm": "yes"})
+    assert "Cannot+close" in refused["Location"] or "Cannot%20close" in refused["Location"]
+
+
+def closing_module():
+    from wsmonitor.console import closing
+
+    return closing
+
+
+#: A user name nobody should trust: markup, quotes, an escape sequence and 10 KB.
+HOSTILE_NAME = "<script>alert(1)</script>\"'\x1b[31m" + "N" * 10_000
+
+
+class HostileUser:
+    is_authenticated = True
+
+    def get_username(self):
+        return HOSTILE_NAME
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_hostile_user_name_is_text_in_the_list_and_the_session_page(console):
+    echo = consumers.Echo.as_asgi()
+
+    async def with_user(scope, receive, send):  # what AuthMiddlewareStack would resolve
+        return await echo({**scope, "user": HostileUser()}, receive, send)
+
+    communicator = WebsocketCommunicator(with_user, "/ws/echo/")
+    assert (await communicator.connect(timeout=3))[0]
+    await communicator.send_to(text_data="session")
+    session_id = (await communicator.receive_from(timeout=3)).split()[0]
+    viewer = await sync_to_async(make_user)("viewer", perms=["view_console"])
+    client = await sync_to_async(client_for)(viewer)
+    try:
+        listing = (await sync_to_async(client.get)("/console/")).content.decode()
+        detail = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")
+                  ).content.decode()
+    finally:
+        await communicator.disconnect()
+    assert session_id in listing
+    for html in (listing, detail):
+        assert "<script>alert(1)" not in html and "\x1b" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;\\x1b[31m" in html
+    assert "N" * 100 not in listing  # cut to fit the table
+    assert "N" * 2000 in detail and "N" * 2100 not in detail  # bounded: snapshot.MAX_TEXT
+    assert len(detail) < 20_000
+
+
+def test_the_multiprocess_note_without_a_registry(console, monkeypatch):
+    from wsmonitor.console.views import _scope_note
+
+    class Local:
+        shared = False
+
+    note = _scope_note(Local(), [{"multiprocess": True}])
+    assert note.startswith("This page shows one server process of several")
+    assert _scope_note(Local(), [{"multiprocess": False}]).startswith("The session registry")
 
 
 # --- Redis: every process, and 10,000 sessions ------------------------------------------------

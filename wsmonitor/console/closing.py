@@ -26,8 +26,8 @@ def clean_reason(reason):
     """A close reason fit for a log line: a string, control characters escaped, bounded."""
     if not isinstance(reason, str):
         return ""
-    reason = reason.strip()[:MAX_REASON]
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", reason)
+    reason = reason.strip()[:MAX_REASON]  # escapes make it at most 4 times as long: cut again
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", reason)[:MAX_REASON]
 
 
 def close_event(entry, code, by, reason=""):

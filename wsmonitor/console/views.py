@@ -259,6 +259,11 @@ def _code(request, default):
     return code if registry.valid_close_code(code) else None
 
 
+def _reason(request):
+    """The staff user's reason: logged (bounded, control characters escaped), never sent."""
+    return closing.clean_reason(request.POST.get("reason", ""))
+
+
 def _back(name, *args, **query):
     from urllib.parse import urlencode
 
@@ -294,11 +299,12 @@ def close(request, session_id):
     route, why = closing.reach(entry, me)
     if route is None:
         return _back("wsmonitor-console-session", session_id, error=f"Cannot close: {why}.")
-    done = closing.close(entry, code, route)
+    reason = _reason(request)
+    done = closing.close(entry, code, route, reason)
     if get_config()["LOGS"]:
         logger.info("ws_console_close", staff_user=request.user.get_username(),
-                    target_session_id=session_id, code=code, node=entry["node"],
-                    pid=entry["pid"], route=route, sent=done)
+                    target_session_id=session_id, code=code, reason=reason,
+                    node=entry["node"], pid=entry["pid"], route=route, sent=done)
     if not done:
         return _back("wsmonitor-console-session", session_id,
                      error="The session closed before the request reached it.")
@@ -321,10 +327,11 @@ def drain(request, process):
         entries = src.sessions_of(process)
     finally:
         src.close()
-    sent, skipped = closing.close_many(entries, code, me)
+    reason = _reason(request)
+    sent, skipped = closing.close_many(entries, code, me, reason)
     if config["LOGS"]:
         logger.info("ws_console_drain", staff_user=request.user.get_username(), process=process,
-                    code=code, sent=sent, skipped=skipped)
+                    code=code, reason=reason, sent=sent, skipped=skipped)
     if request.headers.get("Accept", "").startswith("application/json"):
         return JsonResponse({"sent": sent, "skipped": skipped, "code": code})
     return redirect(reverse("wsmonitor-console") + f"?drained={sent}&skipped={skipped}")
