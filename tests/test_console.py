@@ -455,13 +455,13 @@ def console_redis(console, redis_url):
     client.close()
 
 
-def fake_process(client, name, sessions, published_at=None, points=()):
+def fake_process(client, name, sessions, published_at=None, points=(), ttl=60):
     process = f"{name}:1:abcd"
     now = time.time()
     client.set(snapshot.PROCESS_KEY + process, json.dumps({
         "process": process, "node": name, "pid": 1, "started_at": now - 60,
         "published_at": published_at or now, "interval": 0.5, "active": len(sessions),
-        "multiprocess": False}), ex=60)
+        "multiprocess": False}), ex=ttl)
     if sessions:
         pipe = client.pipeline(transaction=False)
         items = [(json.loads(v)["session_id"], v) for v in sessions.values()]
@@ -470,7 +470,7 @@ def fake_process(client, name, sessions, published_at=None, points=()):
         pipe.execute()
     index = [[e["session_id"], e["opened_at"], e["consumer"], e["path"], e["user"]]
              for e in map(json.loads, sessions.values())]
-    client.set(snapshot.INDEX_KEY + process, json.dumps(index), ex=60)
+    client.set(snapshot.INDEX_KEY + process, json.dumps(index), ex=ttl)
     for point in points:
         client.rpush(snapshot.SERIES_KEY + process, json.dumps(point))
     return process
@@ -512,6 +512,76 @@ def test_every_process_in_redis_and_stale_ones_marked(console_redis):
     assert html.count("<polyline") >= 3 * 6 and "quiet-node" in html
     listing = viewer.get("/console/api/sessions", {"node": "other-node"}).json()
     assert listing["total"] == 1 and listing["sessions"][0]["route"] == "layer"
+
+
+@pytest.mark.django_db
+def test_a_process_whose_keys_expired_is_gone_from_the_fleet(console_redis):
+    """Stale while its last report is old, then gone once its keys expire (as a dead
+    process's do, ``gone after`` seconds after its last write)."""
+    from .conftest import wait_until
+
+    fake_process(console_redis, "dying-node", {"x": fake_session(1, "dying-node", time.time())},
+                 published_at=time.time() - 30, ttl=1)
+    viewer = client_for(make_user("viewer", perms=["view_console"]))
+
+    def states():
+        return {p["node"]: p["state"] for p in viewer.get("/console/api/fleet").json()["processes"]}
+
+    assert states()["dying-node"] == "stale"
+    wait_until(lambda: "dying-node" not in states(), timeout=5, message="gone from the fleet")
+    listing = viewer.get("/console/api/sessions", {"node": "dying-node"}).json()
+    assert listing["total"] == 0
+    assert "dying-node" not in viewer.get("/console/?part=fleet").content.decode()
+
+
+@pytest.mark.django_db
+def test_close_all_of_another_process_through_the_layer(console_redis, redis_url, settings,
+                                                        events):  # noqa: F811
+    """The drain of one process ("node:pid") from a console in another: a close event per
+    session reaches that process through the shared layer, and the drain is logged."""
+    import asyncio
+    import uuid
+
+    from asgiref.sync import async_to_sync
+    from channels_redis.core import RedisChannelLayer
+
+    prefix = f"wsmdrain-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [redis_url], "prefix": prefix}}}
+    settings.WSMONITOR = {**settings.WSMONITOR, "LOGS": True}
+    far = RedisChannelLayer(hosts=[redis_url], prefix=prefix)  # the other process's layer
+    channels = [async_to_sync(far.new_channel)() for _ in range(3)]
+    now = time.time()
+    sessions = {}
+    for i, channel in enumerate(channels):
+        entry = json.loads(fake_session(i, "far-node", now))
+        entry["channel"] = channel
+        sessions[entry["session_id"]] = json.dumps(entry)
+    blind = json.loads(fake_session(9, "far-node", now))
+    blind.update(kind="middleware", channel=None)  # unreachable from here: skipped
+    sessions[blind["session_id"]] = json.dumps(blind)
+    process = fake_process(console_redis, "far-node", sessions)
+    assert process != publisher().process
+    closer = client_for(make_user("closer", perms=["view_console", "close_sessions"]))
+    response = closer.post(f"/console/processes/{process}/drain",
+                           {"confirm": "yes", "reason": "deploy 7"},
+                           headers={"Accept": "application/json"})
+    assert response.json() == {"sent": 3, "skipped": 1, "code": 4012}
+
+    async def received():
+        return [await asyncio.wait_for(far.receive(channel), 5) for channel in channels]
+
+    got = async_to_sync(received)()
+    assert [(e["type"], e["code"], e["by"], e["reason"]) for e in got] == [
+        ("wsmonitor.close", 4012, "console", "deploy 7")] * 3
+    assert sorted(e["session_id"] for e in got) == sorted(
+        json.loads(v)["session_id"] for v in sessions.values() if json.loads(v)["channel"])
+    (drain,) = events("ws_console_drain")
+    assert {k: drain[k] for k in ("staff_user", "process", "code", "sent", "skipped",
+                                  "reason")} == {
+        "staff_user": "closer", "process": process, "code": 4012, "sent": 3, "skipped": 1,
+        "reason": "deploy 7"}
 
 
 @pytest.mark.django_db
