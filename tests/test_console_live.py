@@ -191,7 +191,8 @@ async def test_without_the_permissions_no_data_and_no_close(browser, nodes):  # 
         nobody, nobody_page = await login(browser, node_a, "nobody")
         response = await nobody_page.goto(node_a.http_url("/wsmonitor/console/"))
         assert response.status == 403 and session_id not in await nobody_page.content()
-        response = await nobody_page.goto(node_a.http_url(f"/wsmonitor/console/sessions/{session_id}/"))
+        response = await nobody_page.goto(
+            node_a.http_url(f"/wsmonitor/console/sessions/{session_id}/"))
         assert response.status == 403
 
         watcher, page = await login(browser, node_a, "watcher")
@@ -199,7 +200,8 @@ async def test_without_the_permissions_no_data_and_no_close(browser, nodes):  # 
         assert await page.locator("#close-button").count() == 0
         assert "close WebSocket sessions" in await page.locator("#why-not").text_content()
         for who in (page, nobody_page):
-            token = next(c["value"] for c in await who.context.cookies() if c["name"] == "csrftoken")
+            token = next(c["value"] for c in await who.context.cookies()
+                         if c["name"] == "csrftoken")
             status = await who.evaluate(
                 """([url, token]) => fetch(url, {method: "POST", headers: {"X-CSRFToken": token,
                      "Content-Type": "application/x-www-form-urlencoded"},
@@ -252,7 +254,8 @@ async def test_ten_thousand_sessions_and_a_screenshot(browser, nodes, redis_url)
             forget(client, processes)
             await page.goto(node_a.http_url("/wsmonitor/console/?user=boss"))
             await page.wait_for_selector("#sessions tbody tr[data-session]")
-            users = await page.locator("#sessions tbody tr[data-session] td").nth(5).all_text_contents()
+            users = await page.locator(
+                "#sessions tbody tr[data-session] td").nth(5).all_text_contents()
             assert users == ["boss"]
             # The chat page was told its session ID (the console lists it as boss's) and that
             # these servers trace nothing.
