@@ -8,6 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
+from django.template.loader import render_to_string
 from django.test import Client, override_settings
 from django.urls import include, path
 from django.utils.html import escape
@@ -725,8 +726,14 @@ def test_group_memberships_where_the_layer_records_them(console):
         assert snapshot.group_memberships("specific.a!b", "no-such-alias") is None
         entry = {"session_id": "s", "opened_at": time.time(), "groups": groups,
                  "layer": "console-test", "closable": True, "process": "p"}
-        shown = _display(entry, time.time(), "p")["groups"]
-        assert shown == [{"name": "chat.lobby", "age": "1m 30s", "expires_in": "23h 58m"}]
+        shown = _display(entry, time.time(), "p")
+        assert shown["groups"] == [
+            {"name": "chat.lobby", "age": "1m 30s", "expires_in": "23h 58m"}]
+        # The sessions list shows the time left too, not only the session page.
+        listing = render_to_string("wsmonitor/console/_sessions.html", {
+            "sessions": [{**shown, "node": "n", "pid": 1, "kind": "async"}], "total": 1,
+            "all": 1, "page": 1, "pages": 1, "filters": {}})
+        assert "1m 30s, 23h 58m left" in listing
     finally:
         del channel_layers.backends["console-test"]
 
