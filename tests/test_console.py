@@ -648,6 +648,38 @@ def test_ten_thousand_sessions_first_render_and_page_size(console_redis, capsys)
     assert filtered["total"] == len([i for i in range(per_node) if i % 97 == 5])
 
 
+@pytest.mark.django_db
+def test_a_big_fleet_with_full_rings_and_closes_stays_under_200_kb_a_page(console_redis,
+                                                                          capsys):
+    """Fourteen processes, each with a full chart ring and 300 recent closes of long paths."""
+    now = time.time()
+    ring = full_ring(now)
+    for n in range(14):
+        node = f"fleet-{n:02d}"
+        process = fake_process(console_redis, node, {"x": fake_session(n, node, now)},
+                               points=ring)
+        closed = []
+        for i in range(300):
+            entry = json.loads(fake_session(i, node, now - 600))
+            entry.update(path="/ws/" + "p" * 2000, user="u" * 2000, closed_at=now - i,
+                         code=1000 + i % 2, closed_by="client", duration=12.5)
+            closed.append(json.dumps(entry))
+        console_redis.rpush(snapshot.CLOSED_KEY + process, *closed)
+    publisher().sample(snapshot.get_config())  # this process is the fifteenth
+    viewer = client_for(make_user("viewer", perms=["view_console"]))
+    pages = [viewer.get("/console/", {"fleet_page": p}).content.decode() for p in (1, 2, 3)]
+    assert [page.count('" data-process=') for page in pages] == [6, 6, 3]
+    assert "15 processes" in pages[0]
+    kept = int(pages[0].split(" recent closes kept")[0].rsplit(">", 1)[-1])
+    assert kept >= 4200  # this process may have closes of its own
+    sizes = [len(page.encode()) for page in pages]
+    with capsys.disabled():
+        print(f"\n15 processes with full rings and 300 closes each: fleet pages "
+              f"{[round(size / 1024, 1) for size in sizes]} KB")
+    assert max(sizes) < 200 * 1024
+    assert len(viewer.get("/console/api/fleet").json()["processes"]) == 15
+
+
 def test_a_full_ring_draws_at_most_two_points_per_pixel_column():
     now = time.time()
     ring = full_ring(now)

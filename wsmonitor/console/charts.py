@@ -95,7 +95,10 @@ def polyline(values, t0, t1, top):
     for t, v in thin(values, t0, t1):
         x = (t - t0) / (t1 - t0) * WIDTH
         y = HEIGHT - 1 - min(v, top) / top * (HEIGHT - 2)
-        coords.append(f"{max(0.0, x):.1f},{y:.1f}")
+        # Whole pixels: the chart is drawn at its viewBox size, and a page carries every digit.
+        coord = f"{max(0, round(x))},{round(y)}"
+        if not coords or coords[-1] != coord:
+            coords.append(coord)
     return " ".join(coords)
 
 
