@@ -136,7 +136,7 @@ async def test_the_command_closes_as_itself_with_a_reason(shared_layer, events):
         close, asked = await closed_and_asked(communicator, entry["session_id"], events)
         await asyncio.wait_for(waited, 10)
     finally:
-        await registry.get_registry().stop()
+        await asyncio.wait_for(registry.get_registry().stop(), 10)
     assert out.getvalue().startswith(f"Closed {entry['session_id']}")
     assert close["closed_by"] == "command"  # not "console"
     asked = one_request(asked, entry["session_id"])
