@@ -8,13 +8,16 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
+from django.template.loader import render_to_string
 from django.test import Client, override_settings
 from django.urls import include, path
+from django.utils.html import escape
 
 from wsmonitor import InstrumentedAsyncJsonWebsocketConsumer
 from wsmonitor.console import charts, snapshot, store
 
 from . import consumers
+from .test_sessions_command import events  # noqa: F401 - the fixture
 
 urlpatterns = [path("console/", include("wsmonitor.console.urls"))]
 
@@ -250,7 +253,8 @@ async def test_user_names_with_wsmonitor_outside_auth_middleware_stack(console):
             entry = (await sync_to_async(client.get)(f"/console/api/sessions/{session_id}")).json()
             assert (entry["user"], entry["kind"]) == (expected, "async")
         page = (await sync_to_async(client.get)("/console/")).content.decode()
-        assert "alice" in page and "anonymous" in page and "need <code>AuthMiddlewareStack" not in page
+        assert "alice" in page and "anonymous" in page
+        assert "need <code>AuthMiddlewareStack" not in page
     finally:
         for communicator, _ in opened.values():
             await communicator.disconnect()
@@ -332,6 +336,110 @@ async def test_middleware_only_sessions_of_other_processes_have_no_button(consol
     assert closing.reach({**entry, "process": "me"}, "me") == ("local", None)
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_a_close_reason_is_logged_escaped_and_bounded(console, events):  # noqa: F811
+    console.WSMONITOR = {**console.WSMONITOR, "LOGS": True}
+    closer = await sync_to_async(make_user)("closer", perms=["view_console", "close_sessions"])
+    client = await sync_to_async(client_for)(closer)
+    communicator, session_id = await connect()
+    page = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")).content.decode()
+    assert 'name="reason" maxlength="200"' in page
+    fleet = (await sync_to_async(client.get)("/console/?part=fleet")).content.decode()
+    assert 'name="reason" maxlength="200"' in fleet  # close all: a reason too
+    reason = "deploy 42 <script>\x1b[2J\n" + "y" * 5000
+    response = await sync_to_async(client.post)(
+        f"/console/sessions/{session_id}/close",
+        {"code": "4000", "confirm": "yes", "reason": reason})
+    assert response.status_code == 302 and "done=" in response["Location"]
+    assert await communicator.receive_output(timeout=3) == {"type": "websocket.close",
+                                                             "code": 4000}
+    await communicator.send_input({"type": "websocket.disconnect", "code": 4000})
+    await communicator.wait(timeout=3)
+    (logged,) = events("ws_console_close")
+    assert (logged["staff_user"], logged["target_session_id"], logged["code"]) == (
+        "closer", session_id, 4000)
+    assert logged["reason"] == ("deploy 42 <script>\\x1b[2J\\x0a" + "y" * 5000)[:200]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_session_page_of_a_remote_middleware_only_session(console_redis):
+    """No button, and the page says why: nothing could carry the request to that process."""
+    now = time.time()
+    entry = json.loads(fake_session(7, "mw-node", now))
+    entry.update(kind="middleware", channel=None, layer=None, consumer="PlainConsumer",
+                 user=HOSTILE_NAME)
+    await sync_to_async(fake_process)(console_redis, "mw-node",
+                                      {entry["session_id"]: json.dumps(entry)})
+    closer = await sync_to_async(make_user)("closer", perms=["view_console", "close_sessions"])
+    client = await sync_to_async(client_for)(closer)
+    page = (await sync_to_async(client.get)(f"/console/sessions/{entry['session_id']}/")
+            ).content.decode()
+    assert 'id="close-button"' not in page and 'name="confirm"' not in page
+    why = escape(closing_module().MIDDLEWARE_ONLY)
+    assert f'id="why-not">No close button: {why}.' in page
+    listing = (await sync_to_async(client.get)("/console/", {"node": "mw-node"})).content.decode()
+    assert f'title="{why}">n/a' in listing
+    refused = await sync_to_async(client.post)(
+        f"/console/sessions/{entry['session_id']}/close", {"code": "4000", "confirm": "yes"})
+    assert "Cannot+close" in refused["Location"] or "Cannot%20close" in refused["Location"]
+
+
+def closing_module():
+    from wsmonitor.console import closing
+
+    return closing
+
+
+#: A user name nobody should trust: markup, quotes, an escape sequence and 10 KB.
+HOSTILE_NAME = "<script>alert(1)</script>\"'\x1b[31m" + "N" * 10_000
+
+
+class HostileUser:
+    is_authenticated = True
+
+    def get_username(self):
+        return HOSTILE_NAME
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_hostile_user_name_is_text_in_the_list_and_the_session_page(console):
+    echo = consumers.Echo.as_asgi()
+
+    async def with_user(scope, receive, send):  # what AuthMiddlewareStack would resolve
+        return await echo({**scope, "user": HostileUser()}, receive, send)
+
+    communicator = WebsocketCommunicator(with_user, "/ws/echo/")
+    assert (await communicator.connect(timeout=3))[0]
+    await communicator.send_to(text_data="session")
+    session_id = (await communicator.receive_from(timeout=3)).split()[0]
+    viewer = await sync_to_async(make_user)("viewer", perms=["view_console"])
+    client = await sync_to_async(client_for)(viewer)
+    try:
+        listing = (await sync_to_async(client.get)("/console/")).content.decode()
+        detail = (await sync_to_async(client.get)(f"/console/sessions/{session_id}/")
+                  ).content.decode()
+    finally:
+        await communicator.disconnect()
+    assert session_id in listing
+    for html in (listing, detail):
+        assert "<script>alert(1)" not in html and "\x1b" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;\\x1b[31m" in html
+    assert "N" * 100 not in listing  # cut to fit the table
+    assert "N" * 2000 in detail and "N" * 2100 not in detail  # bounded: snapshot.MAX_TEXT
+    assert len(detail) < 20_000
+
+
+def test_the_multiprocess_note_without_a_registry(console, monkeypatch):
+    from wsmonitor.console.views import _scope_note
+
+    class Local:
+        shared = False
+
+    note = _scope_note(Local(), [{"multiprocess": True}])
+    assert note.startswith("This page shows one server process of several")
+    assert _scope_note(Local(), [{"multiprocess": False}]).startswith("The session registry")
+
+
 # --- Redis: every process, and 10,000 sessions ------------------------------------------------
 
 @pytest.fixture
@@ -349,13 +457,13 @@ def console_redis(console, redis_url):
     client.close()
 
 
-def fake_process(client, name, sessions, published_at=None, points=()):
+def fake_process(client, name, sessions, published_at=None, points=(), ttl=60):
     process = f"{name}:1:abcd"
     now = time.time()
     client.set(snapshot.PROCESS_KEY + process, json.dumps({
         "process": process, "node": name, "pid": 1, "started_at": now - 60,
         "published_at": published_at or now, "interval": 0.5, "active": len(sessions),
-        "multiprocess": False}), ex=60)
+        "multiprocess": False}), ex=ttl)
     if sessions:
         pipe = client.pipeline(transaction=False)
         items = [(json.loads(v)["session_id"], v) for v in sessions.values()]
@@ -364,7 +472,7 @@ def fake_process(client, name, sessions, published_at=None, points=()):
         pipe.execute()
     index = [[e["session_id"], e["opened_at"], e["consumer"], e["path"], e["user"]]
              for e in map(json.loads, sessions.values())]
-    client.set(snapshot.INDEX_KEY + process, json.dumps(index), ex=60)
+    client.set(snapshot.INDEX_KEY + process, json.dumps(index), ex=ttl)
     for point in points:
         client.rpush(snapshot.SERIES_KEY + process, json.dumps(point))
     return process
@@ -374,7 +482,8 @@ def fake_session(i, node, now):
     return json.dumps({
         "session_id": f"{i:08d}-1111-2222-3333-444444444444", "process": f"{node}:1:abcd",
         "node": node, "pid": 1, "consumer": "ChatConsumer" if i % 2 else "EchoConsumer",
-        "kind": "async", "path": f"/ws/chat/room-{i % 97}/", "client": f"10.0.{i % 250}.1:5{i % 9999}",
+        "kind": "async", "path": f"/ws/chat/room-{i % 97}/",
+        "client": f"10.0.{i % 250}.1:5{i % 9999}",
         "user": f"user{i}", "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/130",
         "subprotocol": None, "requested_subprotocols": None, "opened_at": now - i,
         "trace_id": None, "layer": "default", "channel": f"specific.abc!{i}",
@@ -409,30 +518,180 @@ def test_every_process_in_redis_and_stale_ones_marked(console_redis):
 
 
 @pytest.mark.django_db
-def test_ten_thousand_sessions_first_render_and_page_size(console_redis, capsys):
-    now = time.time()
-    per_node = 5000
-    for node in ("big-a", "big-b"):
-        fake_process(console_redis, node, {f"{i:08d}": fake_session(i, node, now)
-                                           for i in range(per_node)})
+def test_a_process_whose_keys_expired_is_gone_from_the_fleet(console_redis):
+    """Stale while its last report is old, then gone once its keys expire (as a dead
+    process's do, ``gone after`` seconds after its last write)."""
+    from .conftest import wait_until
+
+    fake_process(console_redis, "dying-node", {"x": fake_session(1, "dying-node", time.time())},
+                 published_at=time.time() - 30, ttl=1)
     viewer = client_for(make_user("viewer", perms=["view_console"]))
-    viewer.get("/console/api/fleet")  # warm up templates and imports
+
+    def states():
+        return {p["node"]: p["state"] for p in viewer.get("/console/api/fleet").json()["processes"]}
+
+    assert states()["dying-node"] == "stale"
+    wait_until(lambda: "dying-node" not in states(), timeout=5, message="gone from the fleet")
+    listing = viewer.get("/console/api/sessions", {"node": "dying-node"}).json()
+    assert listing["total"] == 0
+    assert "dying-node" not in viewer.get("/console/?part=fleet").content.decode()
+
+
+@pytest.mark.django_db
+def test_close_all_of_another_process_through_the_layer(console_redis, redis_url, settings,
+                                                        events):  # noqa: F811
+    """The drain of one process ("node:pid") from a console in another: a close event per
+    session reaches that process through the shared layer, and the drain is logged."""
+    import asyncio
+    import uuid
+
+    from asgiref.sync import async_to_sync
+    from channels_redis.core import RedisChannelLayer
+
+    prefix = f"wsmdrain-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [redis_url], "prefix": prefix}}}
+    settings.WSMONITOR = {**settings.WSMONITOR, "LOGS": True}
+    far = RedisChannelLayer(hosts=[redis_url], prefix=prefix)  # the other process's layer
+    channels = [async_to_sync(far.new_channel)() for _ in range(3)]
+    now = time.time()
+    sessions = {}
+    for i, channel in enumerate(channels):
+        entry = json.loads(fake_session(i, "far-node", now))
+        entry["channel"] = channel
+        sessions[entry["session_id"]] = json.dumps(entry)
+    blind = json.loads(fake_session(9, "far-node", now))
+    blind.update(kind="middleware", channel=None)  # unreachable from here: skipped
+    sessions[blind["session_id"]] = json.dumps(blind)
+    process = fake_process(console_redis, "far-node", sessions)
+    assert process != publisher().process
+    closer = client_for(make_user("closer", perms=["view_console", "close_sessions"]))
+    response = closer.post(f"/console/processes/{process}/drain",
+                           {"confirm": "yes", "reason": "deploy 7"},
+                           headers={"Accept": "application/json"})
+    assert response.json() == {"sent": 3, "skipped": 1, "code": 4012}
+
+    async def received():
+        return [await asyncio.wait_for(far.receive(channel), 5) for channel in channels]
+
+    got = async_to_sync(received)()
+    assert [(e["type"], e["code"], e["by"], e["reason"]) for e in got] == [
+        ("wsmonitor.close", 4012, "console", "deploy 7")] * 3
+    assert sorted(e["session_id"] for e in got) == sorted(
+        json.loads(v)["session_id"] for v in sessions.values() if json.loads(v)["channel"])
+    (drain,) = events("ws_console_drain")
+    assert {k: drain[k] for k in ("staff_user", "process", "code", "sent", "skipped",
+                                  "reason")} == {
+        "staff_user": "closer", "process": process, "code": 4012, "sent": 3, "skipped": 1,
+        "reason": "deploy 7"}
+
+
+def full_ring(now, interval=0.5, history=900):
+    """A 15-minute chart ring as a process with ``interval`` keeps it: every point."""
+    count = int(history / interval) + 1
+    points, connects, closes, received, sent, errors = [], 0, 0, 0, 0, 0
+    for i in range(count):
+        connects += 3 + i % 7
+        closes += 2 + i % 5
+        received += 400 + (i * 37) % 300
+        sent += 800 + (i * 53) % 500
+        errors += i % 11 == 0
+        points.append({
+            "t": now - history + i * interval, "active": 5000 + (i * 31) % 400,
+            "connects": connects, "closes": closes, "in": received, "out": sent,
+            "errors": errors, "codes": {"1000": closes // 2, "1001": closes // 3,
+                                        "1006": closes // 6, "4012": closes // 12},
+            "rtt": {"0.005": 40 * i, "0.025": 70 * i, "0.1": 79 * i, "+Inf": 80 * i}})
+    return points
+
+
+def load_fleet(client, nodes, per_node=5000):
+    """Processes of ``per_node`` sessions each, each with a full 15-minute chart ring."""
+    now = time.time()
+    ring = full_ring(now)
+    return [fake_process(client, node, {f"{i:08d}": fake_session(i, node, now)
+                                        for i in range(per_node)}, points=ring)
+            for node in nodes]
+
+
+@pytest.mark.django_db
+def test_ten_thousand_sessions_first_render_and_page_size(console_redis, capsys):
+    """The reproducible figures of docs/console.md ("Measured")."""
+    per_node = 5000
+    load_fleet(console_redis, ("big-a", "big-b"), per_node)
+    viewer = client_for(make_user("viewer", perms=["view_console"]))
+    # First: nothing warmed in this test (templates compiled by earlier tests stay cached).
     started = time.perf_counter()
     response = viewer.get("/console/")
     first = time.perf_counter() - started
     assert response.status_code == 200
     size = len(response.content)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        viewer.get("/console/")
+        timings.append(time.perf_counter() - started)
     sizes = [len(viewer.get("/console/", {"page": p}).content) for p in (2, 100, 200)]
+    fleet = len(viewer.get("/console/", {"part": "fleet"}).content)
     api = viewer.get("/console/api/sessions", {"page": 3})
     filtered = viewer.get("/console/api/sessions", {"path": "room-5/", "node": "big-b"}).json()
     with capsys.disabled():
-        print(f"\n10,000 sessions: first render {first * 1000:.0f} ms, {size / 1024:.1f} KB; "
-              f"pages {[round(s / 1024, 1) for s in sizes]} KB; JSON page "
+        print(f"\n10,000 sessions, 3 processes with full 15-min rings: first render "
+              f"{first * 1000:.0f} ms, then {min(timings) * 1000:.0f}-{max(timings) * 1000:.0f} "
+              f"ms; page 1 {size / 1024:.1f} KB (fleet part {fleet / 1024:.1f} KB); pages "
+              f"{[round(s / 1024, 1) for s in sizes]} KB; JSON page "
               f"{len(api.content) / 1024:.1f} KB")
     assert "10000 open" in response.content.decode().replace("\n", " ")
-    assert first < 1.0
-    assert max([size, *sizes, len(api.content)]) < 200 * 1024
+    assert first < 1.0 and max(timings) < 1.0
+    assert max([size, fleet, *sizes, len(api.content)]) < 200 * 1024
     assert filtered["total"] == len([i for i in range(per_node) if i % 97 == 5])
+
+
+@pytest.mark.django_db
+def test_a_big_fleet_with_full_rings_and_closes_stays_under_200_kb_a_page(console_redis,
+                                                                          capsys):
+    """Fourteen processes, each with a full chart ring and 300 recent closes of long paths."""
+    now = time.time()
+    ring = full_ring(now)
+    for n in range(14):
+        node = f"fleet-{n:02d}"
+        process = fake_process(console_redis, node, {"x": fake_session(n, node, now)},
+                               points=ring)
+        closed = []
+        for i in range(300):
+            entry = json.loads(fake_session(i, node, now - 600))
+            entry.update(path="/ws/" + "p" * 2000, user="u" * 2000, closed_at=now - i,
+                         code=1000 + i % 2, closed_by="client", duration=12.5)
+            closed.append(json.dumps(entry))
+        console_redis.rpush(snapshot.CLOSED_KEY + process, *closed)
+    publisher().sample(snapshot.get_config())  # this process is the fifteenth
+    viewer = client_for(make_user("viewer", perms=["view_console"]))
+    pages = [viewer.get("/console/", {"fleet_page": p}).content.decode() for p in (1, 2, 3)]
+    assert [page.count('" data-process=') for page in pages] == [6, 6, 3]
+    assert "15 processes" in pages[0]
+    kept = int(pages[0].split(" recent closes kept")[0].rsplit(">", 1)[-1])
+    assert kept >= 4200  # this process may have closes of its own
+    sizes = [len(page.encode()) for page in pages]
+    with capsys.disabled():
+        print(f"\n15 processes with full rings and 300 closes each: fleet pages "
+              f"{[round(size / 1024, 1) for size in sizes]} KB")
+    assert max(sizes) < 200 * 1024
+    assert len(viewer.get("/console/api/fleet").json()["processes"]) == 15
+
+
+def test_a_full_ring_draws_at_most_two_points_per_pixel_column():
+    now = time.time()
+    ring = full_ring(now)
+    row = charts.fleet_row({"process": "p"}, ring, now, now - 900)
+    for chart in row["charts"]:
+        for line in chart["lines"]:
+            assert len(line["points"].split()) <= 2 * charts.WIDTH + 2, chart["label"]
+    # Nothing drawn is lost: a one-sample spike survives the thinning.
+    values = [(now - 900 + i * 0.5, 1.0) for i in range(1801)]
+    values[900] = (values[900][0], 50.0)
+    kept = charts.thin(values, now - 900, now)
+    assert max(v for _, v in kept) == 50.0 and len(kept) <= 2 * charts.WIDTH + 2
 
 
 # --- Charts -----------------------------------------------------------------------------------
@@ -499,8 +758,14 @@ def test_group_memberships_where_the_layer_records_them(console):
         assert snapshot.group_memberships("specific.a!b", "no-such-alias") is None
         entry = {"session_id": "s", "opened_at": time.time(), "groups": groups,
                  "layer": "console-test", "closable": True, "process": "p"}
-        shown = _display(entry, time.time(), "p")["groups"]
-        assert shown == [{"name": "chat.lobby", "age": "1m 30s", "expires_in": "23h 58m"}]
+        shown = _display(entry, time.time(), "p")
+        assert shown["groups"] == [
+            {"name": "chat.lobby", "age": "1m 30s", "expires_in": "23h 58m"}]
+        # The sessions list shows the time left too, not only the session page.
+        listing = render_to_string("wsmonitor/console/_sessions.html", {
+            "sessions": [{**shown, "node": "n", "pid": 1, "kind": "async"}], "total": 1,
+            "all": 1, "page": 1, "pages": 1, "filters": {}})
+        assert "1m 30s, 23h 58m left" in listing
     finally:
         del channel_layers.backends["console-test"]
 

@@ -91,6 +91,24 @@ def test_the_wheel_and_sdist_hold_everything_the_readme_uses(env):
                     if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     assert {f"wsmonitor/{name}" for name in
             (s.removeprefix("wsmonitor/") for s in source_files)} <= names
+    # The console: its templates, script and style, and the migration of its permissions.
+    for needed in ("wsmonitor/templates/wsmonitor/console/base.html",
+                   "wsmonitor/templates/wsmonitor/console/index.html",
+                   "wsmonitor/templates/wsmonitor/console/session.html",
+                   "wsmonitor/templates/wsmonitor/console/_fleet.html",
+                   "wsmonitor/templates/wsmonitor/console/_sessions.html",
+                   "wsmonitor/templates/wsmonitor/console/_closed.html",
+                   "wsmonitor/static/wsmonitor/console/console.js",
+                   "wsmonitor/static/wsmonitor/console/console.css",
+                   "wsmonitor/migrations/0001_initial.py", "wsmonitor/migrations/__init__.py"):
+        assert needed in names, needed
+    # The licence, in the wheel's metadata (setuptools puts LICENSE* there by default:
+    # dist-info/licenses/ since PEP 639 support, dist-info/ before).
+    licences = [name for name in names if ".dist-info/" in name
+                and name.rsplit("/", 1)[-1] == "LICENSE"]
+    assert len(licences) == 1, sorted(n for n in names if ".dist-info/" in n)
+    with zipfile.ZipFile(env["wheel"]) as wheel:
+        assert wheel.read(licences[0]) == (ROOT / "LICENSE").read_bytes()
     assert not any(name.startswith(("tests/", "demo_project/", "bench/")) for name in names)
     with tarfile.open(env["sdist"]) as sdist:
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}

@@ -246,13 +246,22 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
                                           conn.links)
 
     async def wsmonitor_close(self, event):
-        """Close this connection on request (``manage.py wsmonitor_sessions close``)."""
-        code = event.get("code", 1000)
-        if event.get("session_id") == self.session_id and valid_close_code(code):
-            if self._wsm is not None:
-                await self._wsm.close(code, by="console")
-            else:
-                await self.close(code=code)
+        """Close on request: the console, or ``manage.py wsmonitor_sessions close``.
+
+        The event names who asked (recorded as ``closed_by``) and why (logged here, on the
+        node that holds the socket; daphne passes no reason to the client).
+        """
+        from .console.closing import log_request, requested
+
+        request = requested(event, self.session_id)
+        if request is None:
+            return
+        code, by, reason = request
+        log_request(self._wsm, self.session_id, code, by, reason)
+        if self._wsm is not None:
+            await self._wsm.close(code, by=by)
+        else:
+            await self.close(code=code)
 
 
 async def _serve(consumer, scope, receive, send):
@@ -309,12 +318,17 @@ class _SyncCloseHandler:
     """Sync consumers call handlers in a thread: the close request handler must be sync too."""
 
     def wsmonitor_close(self, event):
-        code = event.get("code", 1000)
-        if event.get("session_id") == self.session_id and valid_close_code(code):
-            if self._wsm is not None:
-                async_to_sync(self._wsm.close)(code, by="console")
-            else:
-                self.close(code=code)
+        from .console.closing import log_request, requested
+
+        request = requested(event, self.session_id)
+        if request is None:
+            return
+        code, by, reason = request
+        log_request(self._wsm, self.session_id, code, by, reason)
+        if self._wsm is not None:
+            async_to_sync(self._wsm.close)(code, by=by)
+        else:
+            self.close(code=code)
 
 
 class InstrumentedWebsocketConsumer(_SyncCloseHandler, InstrumentedMixin, WebsocketConsumer):

@@ -56,16 +56,49 @@ def rtt_quantiles(points, q, window=RTT_WINDOW):
     return out
 
 
+def thin(values, t0, t1):
+    """At most two points per pixel column, the column's lowest and highest in time order.
+
+    A chart is WIDTH pixels wide: more points draw nothing more, yet a 15-minute ring at a
+    short ``CONSOLE_INTERVAL`` holds thousands and every one would be sent with the page.
+    Keeping each column's extremes draws the same picture: no spike or dip is lost.
+    """
+    if len(values) <= 2 * WIDTH or t1 <= t0:
+        return values
+    scale = WIDTH / (t1 - t0)
+    out, column, members = [], None, []
+    for point in values:
+        index = int((point[0] - t0) * scale)
+        if index != column and members:
+            out.extend(_extremes(members))
+            members = []
+        column = index
+        members.append(point)
+    out.extend(_extremes(members))
+    return out
+
+
+def _extremes(members):
+    if len(members) <= 2:
+        return members
+    low = min(members, key=lambda p: p[1])
+    high = max(members, key=lambda p: p[1])
+    return sorted({low, high}, key=lambda p: p[0])
+
+
 def polyline(values, t0, t1, top):
     """SVG ``points`` for ``values`` on [t0, t1] x [0, top]."""
     if not values or t1 <= t0:
         return ""
     top = top or 1.0
     coords = []
-    for t, v in values:
+    for t, v in thin(values, t0, t1):
         x = (t - t0) / (t1 - t0) * WIDTH
         y = HEIGHT - 1 - min(v, top) / top * (HEIGHT - 2)
-        coords.append(f"{max(0.0, x):.1f},{y:.1f}")
+        # Whole pixels: the chart is drawn at its viewBox size, and a page carries every digit.
+        coord = f"{max(0, round(x))},{round(y)}"
+        if not coords or coords[-1] != coord:
+            coords.append(coord)
     return " ".join(coords)
 
 

@@ -29,6 +29,9 @@ VIEW_PERMISSION = "wsmonitor.view_console"
 CLOSE_PERMISSION = "wsmonitor.close_sessions"
 PARTS = ("fleet", "sessions", "closed")
 CLOSED_PAGE = 100
+#: Processes per page of the fleet table: with full 15-minute rings, the page stays under
+#: 200 KB with a full page of sessions and of recent closes.
+FLEET_PAGE = 6
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 #: Entry fields a client controls: shown with control characters made visible.
 CLIENT_TEXT = ("path", "user_agent", "user", "subprotocol", "requested_subprotocols", "client",
@@ -123,8 +126,9 @@ def _page(request, name="page"):
         return 1
 
 
-def _fleet(src, config, now):
-    documents = sorted(src.processes(), key=lambda d: (d["node"], d["pid"]))
+def _fleet(src, config, now, documents=None):
+    documents = sorted(src.processes(), key=lambda d: (d["node"], d["pid"])) \
+        if documents is None else documents
     series = src.series(documents)
     # One time axis for every row, from the oldest point kept (at most CONSOLE_HISTORY ago).
     oldest = min((points[0]["t"] for points in series.values() if points), default=now)
@@ -136,6 +140,16 @@ def _fleet(src, config, now):
         row["age_text"] = f"{row['age']:.0f}s"
         rows.append(row)
     return rows
+
+
+def _fleet_page(src, request, config, now):
+    """A page of FLEET_PAGE processes: each row's charts weigh about 14 KB."""
+    documents = sorted(src.processes(), key=lambda d: (d["node"], d["pid"]))
+    pages = max(1, math.ceil(len(documents) / FLEET_PAGE))
+    page = min(_page(request, "fleet_page"), pages)
+    shown = documents[(page - 1) * FLEET_PAGE:page * FLEET_PAGE]
+    return {"fleet": _fleet(src, config, now, shown), "fleet_page": page, "fleet_pages": pages,
+            "fleet_total": len(documents), "scope_note": _scope_note(src, documents)}
 
 
 def _scope_note(src, documents):
@@ -208,8 +222,9 @@ def index(request):
         context = {"interval": config["CONSOLE_INTERVAL"], "can_close": closer,
                    "drain_code": config["CONSOLE_DRAIN_CODE"], "now": now}
         if part in (None, "fleet"):
-            context["fleet"] = _fleet(src, config, now)
-            context["scope_note"] = _scope_note(src, [r["document"] for r in context["fleet"]])
+            context.update(_fleet_page(src, request, config, now))
+            context["fleet_prev_query"] = _query(request, fleet_page=context["fleet_page"] - 1)
+            context["fleet_next_query"] = _query(request, fleet_page=context["fleet_page"] + 1)
         if part in (None, "sessions"):
             context.update(_sessions_page(src, request, now, me, closer))
             context["prev_query"] = _query(request, page=context["page"] - 1)
@@ -259,6 +274,11 @@ def _code(request, default):
     return code if registry.valid_close_code(code) else None
 
 
+def _reason(request):
+    """The staff user's reason: logged (bounded, control characters escaped), never sent."""
+    return closing.clean_reason(request.POST.get("reason", ""))
+
+
 def _back(name, *args, **query):
     from urllib.parse import urlencode
 
@@ -294,11 +314,12 @@ def close(request, session_id):
     route, why = closing.reach(entry, me)
     if route is None:
         return _back("wsmonitor-console-session", session_id, error=f"Cannot close: {why}.")
-    done = closing.close(entry, code, route)
+    reason = _reason(request)
+    done = closing.close(entry, code, route, reason)
     if get_config()["LOGS"]:
         logger.info("ws_console_close", staff_user=request.user.get_username(),
-                    target_session_id=session_id, code=code, node=entry["node"],
-                    pid=entry["pid"], route=route, sent=done)
+                    target_session_id=session_id, code=code, reason=reason,
+                    node=entry["node"], pid=entry["pid"], route=route, sent=done)
     if not done:
         return _back("wsmonitor-console-session", session_id,
                      error="The session closed before the request reached it.")
@@ -321,10 +342,11 @@ def drain(request, process):
         entries = src.sessions_of(process)
     finally:
         src.close()
-    sent, skipped = closing.close_many(entries, code, me)
+    reason = _reason(request)
+    sent, skipped = closing.close_many(entries, code, me, reason)
     if config["LOGS"]:
         logger.info("ws_console_drain", staff_user=request.user.get_username(), process=process,
-                    code=code, sent=sent, skipped=skipped)
+                    code=code, reason=reason, sent=sent, skipped=skipped)
     if request.headers.get("Accept", "").startswith("application/json"):
         return JsonResponse({"sent": sent, "skipped": skipped, "code": code})
     return redirect(reverse("wsmonitor-console") + f"?drained={sent}&skipped={skipped}")

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from wsmonitor import registry
 from wsmonitor.conf import get_config
+from wsmonitor.console import closing
 
 
 class Command(BaseCommand):
@@ -22,6 +23,9 @@ class Command(BaseCommand):
         close.add_argument("session_id")
         close.add_argument("--code", type=int, default=1000,
                            help="Close code: 1000 or 3000-4999 (default 1000).")
+        close.add_argument("--reason", default="",
+                           help="Why, for the logs of the node that holds the socket "
+                                "(the client receives the code only).")
         close.add_argument("--timeout", type=float, default=5.0,
                            help="Seconds to wait for the session to leave the registry (0: don't).")
 
@@ -31,7 +35,8 @@ class Command(BaseCommand):
         if action == "list":
             self.list(options["node"], options["json"])
         else:
-            self.close(options["session_id"], options["code"], options["timeout"])
+            self.close(options["session_id"], options["code"], options["timeout"],
+                       options["reason"])
 
     def list(self, node, as_json):
         now = time.time()
@@ -50,7 +55,7 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cells).rstrip())
         self.stdout.write(f"{len(sessions)} session(s)")
 
-    def close(self, session_id, code, timeout):
+    def close(self, session_id, code, timeout, reason=""):
         if not registry.valid_close_code(code):
             raise CommandError(f"--code {code}: an application can only close with 1000 "
                                "or 3000-4999.")
@@ -58,7 +63,8 @@ class Command(BaseCommand):
         if entry is None:
             raise CommandError(f"No open session {session_id} in the registry.")
         try:
-            registry.request_close(entry, code)
+            # Recorded as closed_by "command" on the node that holds the socket.
+            closing.request_close(entry, code, by="command", reason=reason)
         except ValueError as exc:
             raise CommandError(f"Cannot close {session_id}: {exc}.") from exc
         where = f"on {entry['node']} (pid {entry['pid']})"
