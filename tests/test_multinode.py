@@ -199,6 +199,10 @@ async def test_registry_lists_both_nodes_and_closes_one_session_by_id(
         assert closed.value.rcvd.code == 4000
         snapshot = await scrape(node_a)
         assert snapshot.value("ws_closes_total", consumer=CHAT, code="4000") == 1
+        # The node that held the socket records who asked: the command, not the console.
+        await asyncio.to_thread(wait_until, lambda: [
+            e["closed_by"] for e in node_a.events("ws_close")
+            if e.get("session_id") == alice_id] == ["command"], 5, 0.1, "ws_close by command")
         assert snapshot.value("ws_connections_active", consumer=CHAT) == 0
         assert [s["node"] for s in listed()] == [names[1]]
 

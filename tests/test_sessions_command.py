@@ -184,7 +184,7 @@ async def test_closed_by_names_who_asked_through_the_layer(events, sender, expec
     else:
         event = closing.close_event(entry, 4003, "console", REASON)
         if sender == "unnamed":
-            del event["by"]  # what registry.request_close sends
+            del event["by"]  # what an older wsmonitor, or any other sender, sends
         else:
             event["by"] = "<admin>"
         await get_channel_layer().send(channel, event)

@@ -24,7 +24,8 @@ from .logging import logger
 
 #: ``closed_by`` values: who ended the connection ("killed": the client left, and the server
 #: cancelled the application that had not finished in time).
-CLOSED_BY = ("client", "server", "heartbeat", "console", "shutdown", "error", "killed")
+CLOSED_BY = (
+    "client", "server", "heartbeat", "console", "command", "shutdown", "error", "killed")
 _NO_OPTIONS = {}
 
 

@@ -29,7 +29,6 @@ from .conf import get_config
 from .connection import Connection
 from .heartbeat import HeartbeatMixin
 from .logging import logger
-from .registry import valid_close_code
 from .streaming import StreamingMixin
 
 _STAGES = {"websocket.connect": "connect", "websocket.receive": "receive",

@@ -193,20 +193,3 @@ def find_session(session_id, url=None):
 def valid_close_code(code):
     """Codes an application may send: 1000 or 3000-4999 (autobahn refuses the rest)."""
     return type(code) is int and (code == 1000 or 3000 <= code <= 4999)
-
-
-def request_close(entry, code):
-    """Ask the session's consumer, through its channel layer, to close with ``code``."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    if not entry.get("channel"):
-        raise ValueError("the session's consumer has no channel layer")
-    layer = get_channel_layer(entry.get("layer") or "default")
-    if layer is None:
-        raise ValueError(f"no channel layer {entry.get('layer')!r} in CHANNEL_LAYERS")
-    if "inmemory" in entry["channel"]:
-        raise ValueError("the session uses the in-memory channel layer, which only its own "
-                         "process can reach")
-    async_to_sync(layer.send)(entry["channel"], {
-        "type": CLOSE_EVENT, "code": code, "session_id": entry["session_id"]})
