@@ -4,6 +4,8 @@ import asyncio
 import collections
 import logging
 
+import pytest
+
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
