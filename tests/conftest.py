@@ -1,3 +1,5 @@
+import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -399,3 +401,15 @@ def _close_connections_of_the_sync_thread(request):
 
         connections.close_all()
         SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
+async def stop_registry_task():
+    """Cancel this process's registry task, which a server process leaves to exit."""
+    from wsmonitor import registry
+
+    current = registry.get_registry()
+    task, current.task, current.loop = current.task, None, None
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,7 +1,6 @@
 """The session registry: what a consumer writes, who may read it, what the command refuses."""
 
 import asyncio
-import contextlib
 import json
 
 import pytest
@@ -14,7 +13,7 @@ from wsmonitor import registry, views
 from wsmonitor.checks import settings_errors
 
 from . import consumers
-from .conftest import eventually
+from .conftest import eventually, stop_registry_task
 
 NODE = "registry-node"
 
@@ -24,16 +23,6 @@ def registry_settings(redis_url):
     config = {"NODE": NODE, "REGISTRY_URL": redis_url, "REGISTRY_TTL": 5}
     with override_settings(WSMONITOR=config):
         yield redis_url
-
-
-async def stop_registry_task():
-    """Cancel this process's registry task, which a server process leaves to exit."""
-    current = registry.get_registry()
-    task, current.task, current.loop = current.task, None, None
-    if task is not None and not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def mine(url):

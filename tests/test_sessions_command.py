@@ -16,6 +16,8 @@ from channels.testing import WebsocketCommunicator
 from wsmonitor import registry
 from wsmonitor.console import snapshot
 
+from .conftest import stop_registry_task
+
 
 @pytest.fixture
 def two_sessions(redis_url):
@@ -136,7 +138,7 @@ async def test_the_command_closes_as_itself_with_a_reason(shared_layer, events):
         close, asked = await closed_and_asked(communicator, entry["session_id"], events)
         await asyncio.wait_for(waited, 10)
     finally:
-        await asyncio.wait_for(registry.get_registry().stop(), 10)
+        await asyncio.wait_for(stop_registry_task(), 10)
     assert out.getvalue().startswith(f"Closed {entry['session_id']}")
     assert close["closed_by"] == "command"  # not "console"
     asked = one_request(asked, entry["session_id"])
