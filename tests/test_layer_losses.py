@@ -1,6 +1,7 @@
 """Expiry losses counted exactly against what readers really received (real Redis, in memory)."""
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -186,3 +187,33 @@ async def test_gone_readers_are_remembered_up_to_the_bound():
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     assert list(layer._wsm_gone) == channels[-5:]  # the oldest forgotten first
+
+
+async def test_loss_lines_name_the_members_session_never_the_senders(caplog):
+    """One ws_layer_loss line per target and burst, with its count and the member's session;
+    a member whose session is unknown gets session_id null, not the sending consumer's."""
+    import structlog
+
+    caplog.set_level(logging.WARNING)
+    layer = layers.InMemoryChannelLayer(expiry=1)
+    known, unknown = await layer.new_channel(), await layer.new_channel()
+    layers._sessions[known] = "member-session"
+    for n in range(3):
+        await layer.send(known, {"type": "m", "n": n})
+    for n in range(2):
+        await layer.send(unknown, {"type": "m", "n": n})
+    await asyncio.sleep(1.1)
+    structlog.contextvars.bind_contextvars(session_id="sender-session")
+    try:
+        await layer.group_send("room", {"type": "m"})  # cleans: both backlogs expired
+        await layer.send(known, {"type": "m"})
+        await asyncio.sleep(1.1)
+        await layer.group_send("room", {"type": "m"})  # same target, same burst: carried
+    finally:
+        structlog.contextvars.unbind_contextvars("session_id")
+        layers._sessions.pop(known, None)
+    lines = [r.msg for r in caplog.records
+             if isinstance(r.msg, dict) and r.msg.get("event") == "ws_layer_loss"]
+    assert sorted((line["target"], line["count"], line["session_id"]) for line in lines) == sorted(
+        [(known, 3, "member-session"), (unknown, 2, None)])
+    assert all(line["reason"] == "expired" and line["kind"] == "group_send" for line in lines)
