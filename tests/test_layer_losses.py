@@ -5,11 +5,16 @@ import logging
 import time
 import uuid
 
+import pytest
+
 from wsmonitor import layers
 from wsmonitor.testing import MetricsSnapshot, assert_metric_diff
 
+from .conftest import eventually
+
 DROPPED = "ws_layer_messages_dropped_total"
 LAPSED = "ws_layer_memberships_lapsed_total"
+STALE = "ws_layer_stale_members_total"
 
 
 def redis_layer(redis_url, prefix, **kwargs):
@@ -181,12 +186,57 @@ async def test_gone_readers_are_remembered_up_to_the_bound():
     layer = layers.InMemoryChannelLayer()
     layer.GONE_READERS_KEPT = 5
     channels = [await layer.new_channel() for _ in range(8)]
+    layer.READER_GRACE = 0
     for channel in channels:
         reader = asyncio.ensure_future(layer.receive(channel))
         await asyncio.sleep(0)  # the reader waits on its queue
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+        await eventually(lambda: channel in layer._wsm_gone)
     assert list(layer._wsm_gone) == channels[-5:]  # the oldest forgotten first
+
+
+async def test_a_reader_polling_with_timeouts_stays_live_and_a_gone_one_comes_back():
+    layer = layers.InMemoryChannelLayer()
+    layer.READER_GRACE = 0.3
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    before = MetricsSnapshot.collect()
+    polled = time.monotonic()
+    while time.monotonic() - polled < 1.0:  # a worker's loop: each receive times out
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), 0.1)
+    assert channel not in layer._wsm_gone and "room" in layer._wsm_joined[channel]
+    assert_metric_diff(before, STALE, 0)
+    # It stops polling: gone after the grace, its membership stale.
+    await eventually(lambda: channel in layer._wsm_gone, timeout=3)
+    assert_metric_diff(before, STALE, 1)
+    await layer.group_send("room", {"type": "m"})
+    assert (await asyncio.wait_for(layer.receive(channel), 1))["type"] == "m"  # back
+    assert channel not in layer._wsm_gone and "room" in layer._wsm_joined[channel]
+
+
+async def test_a_reader_ended_without_discard_is_stale_and_what_it_misses_no_loss():
+    """channels cancels an ending consumer's receive; without group_discard its memberships
+    stay. They are stale (counted once each), and group_sends to them lose nothing, even once
+    its queue is full."""
+    layer = layers.InMemoryChannelLayer(capacity=3)
+    layer.READER_GRACE = 0.1
+    gone, live = await layer.new_channel(), await layer.new_channel()
+    for group in ("a", "b"):
+        await layer.group_add(group, gone)
+    await layer.group_add("a", live)
+    before = MetricsSnapshot.collect()
+    reader = asyncio.ensure_future(layer.receive(gone))
+    await asyncio.sleep(0)  # the reader waits on its queue
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await eventually(lambda: gone in layer._wsm_gone, timeout=3)
+    for n in range(6):  # past the gone reader's capacity
+        await layer.group_send("a", {"type": "m", "n": n})
+        assert (await layer.receive(live))["n"] == n
+    assert_metric_diff(before, STALE, 2)
+    assert_metric_diff(before, DROPPED, 0)
 
 
 async def test_loss_lines_name_the_members_session_never_the_senders(caplog):

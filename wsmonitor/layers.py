@@ -7,6 +7,7 @@ and trace context travel beside it (:mod:`wsmonitor.envelope`) and wsmonitor's
 consumers read them with :func:`received`. See docs/channel-layers.md.
 """
 
+import asyncio
 import time
 
 from channels import layers as _channels_layers
@@ -125,19 +126,26 @@ class _Instrumented:
 class _Members:
     """This process's side of group membership: who joined what, when, and who left.
 
-    A reader whose ``receive`` ended by cancellation or error is gone (channels
-    cancels a consumer's receive when the consumer ends); memberships it did not
-    discard are stale, counted in ``ws_layer_stale_members_total``, never as losses.
+    A reader is gone when its ``receive`` ended by cancellation or error and no
+    new ``receive`` on the channel started within ``READER_GRACE`` seconds
+    (channels cancels a consumer's receive when the consumer ends; a worker
+    polling with ``asyncio.wait_for(layer.receive(...), t)`` starts the next one
+    at once). Memberships a gone reader did not discard are stale, counted in
+    ``ws_layer_stale_members_total``, never as losses. A gone reader that
+    receives again is live again, with the memberships it had.
     """
 
     #: How many gone readers are remembered, so that messages expiring in their queues count as
     #: theirs (never as losses). About 100 bytes each: at most ~1 MB, whatever the churn.
     GONE_READERS_KEPT = 10_000
+    #: Seconds after a cancelled or failed receive before its reader counts as gone.
+    READER_GRACE = 2.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._wsm_joined = {}  # channel -> {group: joined at}
-        self._wsm_gone = {}  # channels whose reader left, oldest first (bounded)
+        self._wsm_gone = {}  # channel whose reader left -> its memberships, oldest first (bounded)
+        self._wsm_ending = {}  # channel whose receive ended -> timer declaring its reader gone
 
     def _wsm_local(self, channel):
         return True
@@ -160,26 +168,50 @@ class _Members:
         await self._wsm_left(group, channel)
 
     async def receive(self, channel):
+        if channel in self._wsm_ending:  # the receive before this one was cancelled: polling
+            self._wsm_ending.pop(channel).cancel()
+        elif channel in self._wsm_gone:
+            self._wsm_revive(channel)
         try:
             return await super().receive(channel)
         except BaseException:
-            await self._wsm_reader_gone(channel)
+            # The session now: the consumer's close may forget it before the grace ends.
+            self._wsm_ending[channel] = asyncio.get_running_loop().call_later(
+                self.READER_GRACE, self._wsm_end, channel, _sessions.get(channel))
             raise
 
-    async def _wsm_reader_gone(self, channel):
+    def _wsm_end(self, channel, session):
+        self._wsm_ending.pop(channel, None)
+        asyncio.ensure_future(self._wsm_reader_gone(channel, session))
+
+    async def _wsm_reader_gone(self, channel, session=None):
         groups = self._wsm_joined.pop(channel, None)
         if len(self._wsm_gone) >= self.GONE_READERS_KEPT:
             del self._wsm_gone[next(iter(self._wsm_gone))]
-        self._wsm_gone[channel] = True
-        session = _sessions.pop(channel, None)
+        self._wsm_gone[channel] = groups or {}
+        session = _sessions.pop(channel, session)
         if groups:
             _lm.lost("group_add", "stale", len(groups), ",".join(sorted(groups)), session,
                      event="ws_layer_stale")
             for group in groups:
                 await self._wsm_left(group, channel)
 
-    def _wsm_rejoined(self, group, channel):
-        """``channel`` joined ``group`` again: a lapsed membership is live again."""
+    def _wsm_forget(self):
+        for timer in self._wsm_ending.values():
+            timer.cancel()
+        self._wsm_ending.clear()
+        self._wsm_joined.clear()
+
+    def _wsm_revive(self, channel):
+        """A gone reader receives again: its memberships are live again."""
+        groups = self._wsm_gone.pop(channel)
+        if groups:
+            self._wsm_joined[channel] = groups
+            for group, joined in groups.items():
+                self._wsm_rejoined(group, channel, joined)
+
+    def _wsm_rejoined(self, group, channel, joined=None):
+        """``channel`` joined ``group`` (again, or at ``joined`` for a revived reader)."""
 
     async def _wsm_left(self, group, channel):
         """``channel`` left ``group`` (discarded, or its reader is gone)."""
@@ -220,7 +252,8 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
             try:
                 await send(self, channel, message)
             except ChannelFull:
-                skipped += 1
+                if channel not in self._wsm_gone:  # a gone reader's full queue loses nothing
+                    skipped += 1
             else:
                 reached += 1
                 self._wsm_hold_last(channel, env)
@@ -262,7 +295,12 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
                 _lm.lost("group_add", reason, 1, group, _sessions.get(channel),
                          event="ws_layer_membership_lapsed")
 
-    def _wsm_rejoined(self, group, channel):
+    def _wsm_rejoined(self, group, channel, joined=None):
+        if joined is not None:  # a revived reader: what its memberships became meanwhile
+            if channel not in self.groups.get(group, ()):
+                reason = "group_expiry" if joined < time.time() - self.group_expiry else "expired"
+                self._wsm_lapsed.setdefault(group, {})[channel] = reason
+            return
         lapsed = self._wsm_lapsed.get(group)
         if lapsed is not None and lapsed.pop(channel, None) is not None and not lapsed:
             del self._wsm_lapsed[group]
@@ -273,7 +311,7 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
     async def flush(self):
         await super().flush()
         self._wsm_lapsed.clear()
-        self._wsm_joined.clear()
+        self._wsm_forget()
 
 
 _REDIS_BACKENDS = ("RedisChannelLayer", "RedisPubSubChannelLayer")
