@@ -254,13 +254,14 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
     def _wsm_lapsed_key(self, group):
         return f"{self.prefix}:wsm:lapsed:{group}".encode("utf8")
 
-    def _wsm_rejoined(self, group, channel):
+    def _wsm_rejoined(self, group, channel, joined=None):
         self._wsm_cancel(group, channel)
         loop = asyncio.get_running_loop()
+        age = 0 if joined is None else max(0.0, time.time() - joined)
         # One second after group_expiry: by then channels_redis has dropped the member
         # (on the next group_send) or the whole group key has expired.
         self._wsm_timers[group, channel] = loop.call_later(
-            self.group_expiry + 1, self._wsm_lapse, group, channel)
+            max(0.0, self.group_expiry + 1 - age), self._wsm_lapse, group, channel)
 
     def _wsm_cancel(self, group, channel):
         timer = self._wsm_timers.pop((group, channel), None)
@@ -304,7 +305,7 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
         for timer in self._wsm_timers.values():
             timer.cancel()
         self._wsm_timers.clear()
-        self._wsm_joined.clear()
+        self._wsm_forget()
         await super().flush()
 
 
