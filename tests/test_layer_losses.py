@@ -72,7 +72,8 @@ async def test_in_memory_group_expiry_counts_each_missed_delivery():
     assert_metric_diff(before, DROPPED, 4, kind="group_send", reason="group_expiry")
     assert_metric_diff(before, DROPPED, 4, reason="group_expiry")  # the lapse itself is no loss
     assert_metric_diff(before, LAPSED, 1)
-    await layer.group_discard("room", old)  # it left: nothing more is lost
+    for channel in (old, young):  # they left (young lapses by now too): nothing more is lost
+        await layer.group_discard("room", channel)
     await layer.group_send("room", {"type": "m"})
     assert_metric_diff(before, DROPPED, 4, kind="group_send", reason="group_expiry")
 
@@ -267,3 +268,59 @@ async def test_loss_lines_name_the_members_session_never_the_senders(caplog):
     assert sorted((line["target"], line["count"], line["session_id"]) for line in lines) == sorted(
         [(known, 3, "member-session"), (unknown, 2, None)])
     assert all(line["reason"] == "expired" and line["kind"] == "group_send" for line in lines)
+
+
+async def test_redis_entries_of_a_dead_process_are_stale_not_lost(redis_url):
+    """A process joins its members to a group and dies without group_discard (its liveness
+    beat stops). Another's group_sends fill the dead key and let entries expire: each member
+    counts once as stale, nothing as dropped. A live process that does not read loses."""
+    prefix = f"wsmtest{uuid.uuid4().hex[:8]}"
+    dead, sender, idle = (redis_layer(redis_url, prefix, expiry=2, capacity=3)
+                          for _ in range(3))
+    dead.ALIVE_TTL = 1
+    members = [await dead.new_channel() for _ in range(2)]
+    idle_member = await idle.new_channel()
+    try:
+        for channel in members:
+            await dead.group_add("room", channel)
+        await idle.group_add("room", idle_member)
+        dead._wsm_stop_beat()  # the process crashed: its beat stops, its entries stay
+        alive_key = dead._wsm_liveness_keys(dead.client_prefix)[0]
+        connection = sender.connection(0)
+        deadline = time.monotonic() + 5
+        while await connection.exists(alive_key):  # Redis lapses it after ALIVE_TTL
+            assert time.monotonic() < deadline, "the liveness key did not lapse"
+            await asyncio.sleep(0.1)
+        before = MetricsSnapshot.collect()
+        started = time.time()
+        for n in range(2):
+            await sender.group_send("room", {"type": "m", "n": n})
+        await asyncio.sleep(1.5)
+        await sender.group_send("room", {"type": "m", "n": 2})  # keys full, alive 2 s more
+        await sender.group_send("room", {"type": "m", "n": 3})  # skipped on both keys
+        await asyncio.sleep(max(0, started + 3.1 - time.time()))
+        await sender.group_send("room", {"type": "m", "n": 4})  # removes n=0,1: expired
+        # The dead process's two members: stale once each; the idle (live) one: lost.
+        assert_metric_diff(before, STALE, 2)
+        assert_metric_diff(before, DROPPED, 1, kind="group_send", reason="full")
+        assert_metric_diff(before, DROPPED, 2, kind="group_send", reason="expired")
+        got = await receive_all(idle, idle_member)
+        assert [m["n"] for m in got] == [2, 4]
+    finally:
+        for layer in (dead, sender, idle):
+            await layer.flush()
+
+
+async def test_redis_expired_encrypted_entries_count_every_member(redis_url):
+    """With symmetric_encryption_keys, an entry removed long after it was sent still names its
+    members (channels_redis's own decrypt refuses entries older than expiry + 10 s)."""
+    layer = redis_layer(redis_url, f"wsmtest{uuid.uuid4().hex[:8]}", expiry=1,
+                        symmetric_encryption_keys=["secret"])
+    members = [f"specific.{layer.client_prefix}!{n}" for n in range(2)]
+    serializer = layer._serializer
+    body = serializer.crypter.encrypt_at_time(
+        serializer.as_bytes({"type": "m", "__asgi_channel__": members}), int(time.time()) - 600)
+    entry = bytes(serializer.random_prefix_length) + body
+    before = MetricsSnapshot.collect()
+    await layer._wsm_expired("group_send", [entry])
+    assert_metric_diff(before, DROPPED, 2, kind="group_send", reason="expired")

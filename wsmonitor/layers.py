@@ -119,7 +119,8 @@ class _Instrumented:
             m.dropped("group_send", "full", skipped)
 
     async def _wsm_group_send(self, group, message):
-        """Send to the group; return (members reached or None if unknown, members skipped)."""
+        """Send to the group; return (members reached or None if unknown, deliveries lost
+        for capacity: members skipped whose reader is alive)."""
         raise NotImplementedError
 
 
