@@ -1,6 +1,7 @@
 """wsmonitor's channels_redis backends: the one place that relies on channels_redis internals.
 
-Tested on channels_redis 4.3.0 (with channels 4.3.2, redis-py 8.1); accepted
+Tested on channels_redis 4.3.0 (with channels 4.3.2, redis-py 8.1) and 4.2.1 (with
+channels 4.2.2, redis-py 4.6: scripts/matrix.sh, scripts/upstream-layer-tests.sh); accepted
 range: :data:`TESTED`. Outside it, or when an internal is not as expected, the
 backends switch off loudly (an ERROR log line) and behave as the plain upstream
 classes, timing sends only: no envelope, no loss counts beyond capacity errors.
@@ -20,8 +21,9 @@ from . import envelope as _envelope
 from . import layer_metrics as _lm
 from .layers import _Instrumented, _Members, _sessions
 
-#: channels_redis versions whose internals this module was checked against: [low, high).
-TESTED = ((4, 3, 0), (4, 4, 0))
+#: channels_redis versions whose internals this module was checked against: [low, high). 4.2.1
+#: and 4.3.0 differ only in channels' name checks, which this module calls through channels.
+TESTED = ((4, 2, 1), (4, 4, 0))
 
 log = logging.getLogger("wsmonitor.layers")
 
