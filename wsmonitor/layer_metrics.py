@@ -50,8 +50,9 @@ LAYER_DROPPED = Counter(
 )
 LAYER_STALE = Counter(
     "ws_layer_stale_members",
-    "Group memberships left behind by a consumer that ended without group_discard (deliveries "
-    "to them are not counted as lost).",
+    "Group members left behind by readers that are gone, not counted as lost: memberships of a "
+    "reader in this process that ended without group_discard, and (Redis) members of another "
+    "process that stopped beating, once per member the first time this node's sends meet them.",
     ("node",),
 )
 
@@ -136,7 +137,7 @@ def delivery(consumer, node):
         return child
 
 
-_warned = {}  # (event, reason, target) -> [last logged at, deliveries not yet logged, their session]
+_warned = {}  # (event, reason, target) -> [last logged at, deliveries not logged yet, session]
 _MIXED = object()  # the deliveries carried into the next line belong to several sessions
 
 
