@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+import types
 import uuid
 
 import pytest
@@ -217,24 +218,32 @@ async def test_a_reader_polling_with_timeouts_stays_live_and_a_gone_one_comes_ba
     assert channel not in layer._wsm_gone and "room" in layer._wsm_joined[channel]
 
 
-async def test_a_reader_ended_without_discard_is_stale_and_what_it_misses_no_loss():
-    """channels cancels an ending consumer's receive; without group_discard its memberships
-    stay. They are stale (counted once each), and group_sends to them lose nothing, even once
-    its queue is full."""
+async def test_a_reader_ended_without_discard_is_stale_and_what_it_misses_no_loss(caplog):
+    """channels cancels an ending consumer's receive (after its connection closed); without
+    group_discard its memberships stay. They are stale (counted once each, the line naming
+    its session), and group_sends to them lose nothing, even once its queue is full."""
+    caplog.set_level(logging.WARNING)
     layer = layers.InMemoryChannelLayer(capacity=3)
     layer.READER_GRACE = 0.1
     gone, live = await layer.new_channel(), await layer.new_channel()
-    for group in ("a", "b"):
+    conn = types.SimpleNamespace(channel_name=gone, session_id=f"s-{uuid.uuid4()}")
+    layers._ForgetSessions().opened(conn)
+    a, b = f"a{uuid.uuid4().hex}", f"b{uuid.uuid4().hex}"  # the line's target: unique
+    for group in (a, b):
         await layer.group_add(group, gone)
-    await layer.group_add("a", live)
+    await layer.group_add(a, live)
     before = MetricsSnapshot.collect()
     reader = asyncio.ensure_future(layer.receive(gone))
     await asyncio.sleep(0)  # the reader waits on its queue
+    layers._ForgetSessions().closed(conn)
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
     await eventually(lambda: gone in layer._wsm_gone, timeout=3)
+    [line] = [r.msg for r in caplog.records
+              if isinstance(r.msg, dict) and r.msg.get("event") == "ws_layer_stale"]
+    assert (line["target"], line["count"], line["session_id"]) == (f"{a},{b}", 2, conn.session_id)
     for n in range(6):  # past the gone reader's capacity
-        await layer.group_send("a", {"type": "m", "n": n})
+        await layer.group_send(a, {"type": "m", "n": n})
         assert (await layer.receive(live))["n"] == n
     assert_metric_diff(before, STALE, 2)
     assert_metric_diff(before, DROPPED, 0)

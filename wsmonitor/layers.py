@@ -25,16 +25,30 @@ ENVELOPE_KEY = "_wsmonitor"
 __all__ = ["InMemoryChannelLayer", "RedisChannelLayer", "RedisPubSubChannelLayer", "received"]
 
 _sessions = {}  # channel name -> session ID of the wsmonitor consumer reading it
+# Sessions of channels whose connection closed, kept (bounded) for the stale line their
+# reader's end logs after the close.
+_closed_sessions = {}
+CLOSED_SESSIONS_KEPT = 10_000
 
 
 class _ForgetSessions(_features.Feature):
-    """A closed connection's channel leaves ``_sessions`` (its reader's end may not be seen)."""
+    """An open connection's channel is in ``_sessions``; a closed one's leaves it (its
+    reader's end may not be seen)."""
 
     name = "layer_sessions"
 
+    def opened(self, conn):
+        # Loss and lapse lines name the member's session, also before it received anything.
+        if conn.channel_name is not None:
+            _sessions[conn.channel_name] = conn.session_id
+
     def closed(self, conn):
         if conn.channel_name is not None:
-            _sessions.pop(conn.channel_name, None)
+            session = _sessions.pop(conn.channel_name, None)
+            if session is not None:
+                if len(_closed_sessions) >= CLOSED_SESSIONS_KEPT:
+                    _closed_sessions.pop(next(iter(_closed_sessions)), None)
+                _closed_sessions[conn.channel_name] = session
 
 
 _features.register(_ForgetSessions())
@@ -176,21 +190,20 @@ class _Members:
         try:
             return await super().receive(channel)
         except BaseException:
-            # The session now: the consumer's close may forget it before the grace ends.
             self._wsm_ending[channel] = asyncio.get_running_loop().call_later(
-                self.READER_GRACE, self._wsm_end, channel, _sessions.get(channel))
+                self.READER_GRACE, self._wsm_end, channel)
             raise
 
-    def _wsm_end(self, channel, session):
+    def _wsm_end(self, channel):
         self._wsm_ending.pop(channel, None)
-        asyncio.ensure_future(self._wsm_reader_gone(channel, session))
+        asyncio.ensure_future(self._wsm_reader_gone(channel))
 
-    async def _wsm_reader_gone(self, channel, session=None):
+    async def _wsm_reader_gone(self, channel):
         groups = self._wsm_joined.pop(channel, None)
         if len(self._wsm_gone) >= self.GONE_READERS_KEPT:
             del self._wsm_gone[next(iter(self._wsm_gone))]
         self._wsm_gone[channel] = groups or {}
-        session = _sessions.pop(channel, session)
+        session = _sessions.pop(channel, None) or _closed_sessions.pop(channel, None)
         if groups:
             _lm.lost("group_add", "stale", len(groups), ",".join(sorted(groups)), session,
                      event="ws_layer_stale")
