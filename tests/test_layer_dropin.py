@@ -247,3 +247,24 @@ def test_outside_the_tested_range_the_redis_layers_switch_off_loudly(redis_url):
     errors = [line for line in lines if line.startswith("ERROR")]
     assert len(errors) == 1 and "switched off (channels_redis 4.1.0 is outside the tested " \
         "range)" in errors[0], lines
+
+
+@pytest.mark.parametrize("config, tracing, warned", [
+    ({}, True, True),  # channels_redis's default prefix: 12 bytes, the send time only
+    ({"random_prefix_length": 40}, True, False),
+    ({}, False, False),
+    ({"serializer_format": "custom"}, True, False),  # the project's serializer: left alone
+])
+def test_a_prefix_too_short_for_the_trace_context_is_a_check_warning(config, tracing, warned):
+    from django.conf import settings
+
+    from wsmonitor import checks
+
+    layers_setting = {"default": {"BACKEND": "wsmonitor.layers.RedisChannelLayer",
+                                  "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"], **config}},
+                      "plain": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=layers_setting,
+                           WSMONITOR={**getattr(settings, "WSMONITOR", {}), "TRACING": tracing}):
+        found = checks.check_layer_trace_prefix(None)
+    assert [(w.id, '"default"' in w.msg) for w in found] == ([("wsmonitor.W201", True)]
+                                                            if warned else [])
