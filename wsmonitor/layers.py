@@ -9,6 +9,7 @@ consumers read them with :func:`received`. See docs/channel-layers.md.
 
 import asyncio
 import time
+import weakref
 
 from channels import layers as _channels_layers
 from channels.exceptions import ChannelFull
@@ -25,10 +26,11 @@ ENVELOPE_KEY = "_wsmonitor"
 __all__ = ["InMemoryChannelLayer", "RedisChannelLayer", "RedisPubSubChannelLayer", "received"]
 
 _sessions = {}  # channel name -> session ID of the wsmonitor consumer reading it
-# Sessions of channels whose connection closed, kept (bounded) for the stale line their
-# reader's end logs after the close.
+# Sessions of closed connections whose channel still had memberships in one of wsmonitor's
+# layers, kept (bounded) for the stale line their reader's end logs after the close.
 _closed_sessions = {}
 CLOSED_SESSIONS_KEPT = 10_000
+_member_layers = weakref.WeakSet()  # the layers keeping membership books (_Members)
 
 
 class _ForgetSessions(_features.Feature):
@@ -45,7 +47,8 @@ class _ForgetSessions(_features.Feature):
     def closed(self, conn):
         if conn.channel_name is not None:
             session = _sessions.pop(conn.channel_name, None)
-            if session is not None:
+            if session is not None and any(
+                    conn.channel_name in layer._wsm_joined for layer in _member_layers):
                 if len(_closed_sessions) >= CLOSED_SESSIONS_KEPT:
                     _closed_sessions.pop(next(iter(_closed_sessions)), None)
                 _closed_sessions[conn.channel_name] = session
@@ -161,6 +164,7 @@ class _Members:
         self._wsm_joined = {}  # channel -> {group: joined at}
         self._wsm_gone = {}  # channel whose reader left -> its memberships, oldest first (bounded)
         self._wsm_ending = {}  # channel whose receive ended -> timer declaring its reader gone
+        _member_layers.add(self)
 
     def _wsm_local(self, channel):
         return True
