@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The version matrix: the fast, server-less suite in one virtualenv per end of the supported
 # version ranges (scripts/matrix/oldest.txt, newest.txt). Each virtualenv is kept under
-# .venv-matrix-<end>-<hash of its pins>/ and rebuilt only when the pins change.
+# .venv-matrix-<end>-<hash of its pins>/ and rebuilt only when the pins change. At the oldest
+# end the channel-layer tests that need Redis (127.0.0.1:6379) run as well.
 # Usage: bash scripts/matrix.sh [oldest] [newest]; extra pytest arguments after "--".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,4 +27,10 @@ for end in "${ends[@]}"; do
   echo "== $end: $(grep -v '^#' "$pins" | tr '\n' ' ')"
   "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     -m "not server and not redis and not browser" "$@"
+  if [ "$end" = oldest ]; then
+    # wsmonitor's Redis layers rely on channels_redis internals (layers_redis.TESTED): their
+    # Redis tests run at the oldest end too (the whole suite covers the newest), ~30 s.
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -m "redis and not server" \
+      tests/test_layers.py tests/test_layer_dropin.py tests/test_layer_losses.py
+  fi
 done

@@ -3,12 +3,23 @@
 # wsmonitor's RedisChannelLayer and RedisPubSubChannelLayer; fail if wsmonitor's fail a
 # test the baseline passes. Uses a private Redis and Sentinel on free ports (never 6379) and
 # its own virtualenv, so it touches neither the shared Redis databases nor .venv.
+# Usage: bash scripts/upstream-layer-tests.sh [channels-redis version]. Without one: the version
+# installed in $PYTHON (.venv), then the oldest supported (scripts/matrix/oldest.txt), each in
+# a virtualenv of its own (the oldest with the rest of oldest.txt's pins too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-$ROOT/.venv/bin/python}
-VERSION=$("$PY" -c 'import channels_redis; print(channels_redis.__version__)')
-WORK=${UPSTREAM_WORK:-/tmp/wsmonitor-upstream-$VERSION}
+if [ $# -eq 0 ]; then
+  installed=$("$PY" -c 'import channels_redis; print(channels_redis.__version__)')
+  oldest=$(sed -n 's/^channels-redis==//p' scripts/matrix/oldest.txt)
+  bash "$0" "$installed"
+  [ "$oldest" = "$installed" ] || bash "$0" "$oldest"
+  exit 0
+fi
+VERSION=$1
+BASE=$(command -v python3.11 || command -v python3)
+WORK=${UPSTREAM_WORK:-/tmp/wsmonitor-upstream}-$VERSION
 mkdir -p "$WORK"
 
 if [ ! -d "$WORK/src/tests" ]; then
@@ -16,9 +27,16 @@ if [ ! -d "$WORK/src/tests" ]; then
   mkdir -p "$WORK/src" && tar xzf "$WORK"/dl/channels_redis-"$VERSION".tar.gz -C "$WORK/src" --strip-components=1
 fi
 if [ ! -x "$WORK/venv/bin/python" ]; then
-  python3.11 -m venv "$WORK/venv"
-  "$WORK/venv/bin/pip" install -q -r requirements.txt "channels-redis==$VERSION" \
-    cryptography async-timeout pytest pytest-asyncio pytest-timeout
+  pins=()
+  if grep -qx "channels-redis==$VERSION" scripts/matrix/oldest.txt; then
+    pins=(-r scripts/matrix/oldest.txt -c scripts/matrix/oldest.txt)
+  fi
+  asyncio=pytest-asyncio
+  # Suites before 4.3 use the event_loop fixture that pytest-asyncio 1.0 removed.
+  [ "$(printf '%s\n' "$VERSION" 4.3 | sort -V | head -1)" = 4.3 ] || asyncio="pytest-asyncio<1"
+  "$BASE" -m venv "$WORK/venv"
+  "$WORK/venv/bin/pip" install -q -r requirements.txt "${pins[@]}" "channels-redis==$VERSION" \
+    cryptography async-timeout pytest "$asyncio" pytest-timeout
 fi
 
 # Private Redis and Sentinel (monitoring it, with the password the sentinel tests use).
@@ -56,8 +74,11 @@ if os.environ.get("WSM_UPSTREAM_TARGET") == "wsmonitor":
     import channels_redis.core
     import channels_redis.pubsub
 
-    from wsmonitor import layers
+    from wsmonitor import layers, layers_redis
 
+    # A switched-off backend is the upstream class under another name: it must not pass as ours.
+    if layers_redis.PROBLEM is not None:
+        raise SystemExit(f"wsmonitor's Redis layers are switched off: {layers_redis.PROBLEM}")
     channels_redis.core.RedisChannelLayer = layers.RedisChannelLayer
     channels_redis.pubsub.RedisPubSubChannelLayer = layers.RedisPubSubChannelLayer
 
@@ -84,8 +105,12 @@ import sys
 import xml.etree.ElementTree as ET
 
 def passed(path):
+    try:
+        cases = list(ET.parse(path).iter("testcase"))
+    except (OSError, ET.ParseError) as exc:
+        sys.exit(f"{path}: no test report ({exc}); see the .log beside it")
     out = {}
-    for case in ET.parse(path).iter("testcase"):
+    for case in cases:
         name = f"{case.get('classname')}::{case.get('name')}"
         out[name] = not any(child.tag in ("failure", "error", "skipped") for child in case)
     return out
@@ -93,8 +118,17 @@ def passed(path):
 base, ours = passed(sys.argv[1]), passed(sys.argv[2])
 if not any(base.values()):
     sys.exit("the baseline passed nothing: the suite did not run")
+# The sentinel tests need the private Sentinel above: missing, failing or skipped on the
+# baseline means the set-up is broken, and "ours fails nothing the baseline passes" is hollow.
+sentinel = [name for name in base if "sentinel" in name]
+if not sentinel:
+    sys.exit("no sentinel test ran on the baseline")
+if not all(base[name] for name in sentinel):
+    sys.exit("sentinel tests fail or skip on the baseline: "
+             + ", ".join(name for name in sentinel if not base[name]))
 worse = sorted(name for name, ok in base.items() if ok and not ours.get(name, False))
-print(f"{sum(base.values())} of {len(base)} pass on the baseline, "
+print(f"{sum(base.values())} of {len(base)} pass on the baseline "
+      f"({sum(base[n] for n in sentinel)} of {len(sentinel)} sentinel), "
       f"{sum(ours.values())} of {len(ours)} with wsmonitor's classes")
 if worse:
     sys.exit("wsmonitor fails what the baseline passes:\n  " + "\n  ".join(worse))

@@ -205,3 +205,66 @@ async def test_send_and_receive_are_not_slower_than_upstream(kind, redis_url):
     finally:
         await ours.flush()
         await upstream.flush()
+
+
+SWITCHED_OFF = """
+import asyncio, logging, sys
+logging.basicConfig(level=logging.ERROR, stream=sys.stdout, format="%(levelname)s %(message)s")
+import channels_redis
+channels_redis.__version__ = "4.1.0"  # outside layers_redis.TESTED
+from channels_redis import core
+from wsmonitor import layers, layers_redis
+assert layers.RedisChannelLayer is layers_redis.RedisChannelLayer
+assert layers_redis.PROBLEM == "channels_redis 4.1.0 is outside the tested range"
+layer = layers.RedisChannelLayer(hosts=[sys.argv[1]], prefix=sys.argv[2])
+plain = core.RedisChannelLayer(hosts=[sys.argv[1]], prefix=sys.argv[2])
+# channels_redis's own code paths: no envelope, no membership books, no liveness beat
+assert type(layer).serialize is core.RedisChannelLayer.serialize
+assert type(layer).receive is core.RedisChannelLayer.receive
+assert not hasattr(layer, "_wsm_joined") and not hasattr(layer, "_wsm_alive")
+
+async def main():
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    await layer.group_send("room", {"type": "m", "n": 1})
+    await layer.send(channel, {"type": "m", "n": 2})
+    got = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
+    assert got == [{"type": "m", "n": 1}, {"type": "m", "n": 2}], got
+    await plain.send(channel, {"type": "m", "n": 3})  # an upstream process shares the prefix
+    assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "m", "n": 3}
+    await layer.flush()
+    print("ok")
+asyncio.run(main())
+"""
+
+
+def test_outside_the_tested_range_the_redis_layers_switch_off_loudly(redis_url):
+    out = subprocess.run(
+        [sys.executable, "-c", SWITCHED_OFF, redis_url, f"wsmtest{uuid.uuid4().hex[:8]}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and lines[-1] == "ok", out.stdout + out.stderr
+    errors = [line for line in lines if line.startswith("ERROR")]
+    assert len(errors) == 1 and "switched off (channels_redis 4.1.0 is outside the tested " \
+        "range)" in errors[0], lines
+
+
+@pytest.mark.parametrize("config, tracing, warned", [
+    ({}, True, True),  # channels_redis's default prefix: 12 bytes, the send time only
+    ({"random_prefix_length": 40}, True, False),
+    ({}, False, False),
+    ({"serializer_format": "custom"}, True, False),  # the project's serializer: left alone
+])
+def test_a_prefix_too_short_for_the_trace_context_is_a_check_warning(config, tracing, warned):
+    from django.conf import settings
+
+    from wsmonitor import checks
+
+    layers_setting = {"default": {"BACKEND": "wsmonitor.layers.RedisChannelLayer",
+                                  "CONFIG": {"hosts": ["redis://127.0.0.1:6379/0"], **config}},
+                      "plain": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=layers_setting,
+                           WSMONITOR={**getattr(settings, "WSMONITOR", {}), "TRACING": tracing}):
+        found = checks.check_layer_trace_prefix(None)
+    assert [(w.id, '"default"' in w.msg) for w in found] == ([("wsmonitor.W201", True)]
+                                                            if warned else [])

@@ -202,3 +202,39 @@ def check_console(app_configs, **kwargs):
                 hint='Add path("accounts/login/", LoginView.as_view(), name="login") or set '
                      "LOGIN_URL to your login page.", id="wsmonitor.W103"))
     return problems
+
+
+# --- Channel layers (wsmonitor.layers) ---------------------------------------------------------
+
+_REDIS_LAYERS = ("wsmonitor.layers.RedisChannelLayer", "wsmonitor.layers_redis.RedisChannelLayer")
+
+
+@register(Tags.compatibility)
+def check_layer_trace_prefix(app_configs, **kwargs):
+    """With tracing on, a wsmonitor Redis layer whose random prefix cannot carry a traceparent."""
+    from .conf import get_config
+    from .envelope import TRACE_PREFIX
+
+    try:
+        if not get_config()["TRACING"]:
+            return []
+    except Exception:
+        return []  # invalid settings: reported by wsmonitor's own checks
+    problems = []
+    for alias, layer in (getattr(settings, "CHANNEL_LAYERS", None) or {}).items():
+        if not isinstance(layer, dict) or layer.get("BACKEND") not in _REDIS_LAYERS:
+            continue
+        config = layer.get("CONFIG") or {}
+        length = config.get("random_prefix_length", 12)
+        if (config.get("serializer_format", "msgpack") not in ("msgpack", "json")
+                or not isinstance(length, int)):
+            continue  # a serializer of the project's own: wsmonitor leaves its prefix alone
+        if length < TRACE_PREFIX:
+            problems.append(Warning(
+                f'Channel layer "{alias}" has random_prefix_length {length}: the trace context '
+                f"needs {TRACE_PREFIX} bytes to cross Redis, so handlers of its messages start "
+                "traces of their own.",
+                hint='Set "random_prefix_length": 40 in its CONFIG; every process sharing the '
+                     "layer's prefix must use the same value, so change it while no old process "
+                     "runs (docs/channel-layers.md).", id="wsmonitor.W201"))
+    return problems

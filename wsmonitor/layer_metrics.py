@@ -50,8 +50,9 @@ LAYER_DROPPED = Counter(
 )
 LAYER_STALE = Counter(
     "ws_layer_stale_members",
-    "Group memberships left behind by a consumer that ended without group_discard (deliveries "
-    "to them are not counted as lost).",
+    "Group members left behind by readers that are gone, not counted as lost: memberships of a "
+    "reader in this process that ended without group_discard, and (Redis) members of another "
+    "process that stopped beating, once per member the first time this node's sends meet them.",
     ("node",),
 )
 
@@ -136,14 +137,18 @@ def delivery(consumer, node):
         return child
 
 
-_warned = {}  # (event, reason, target) -> [last logged at, deliveries not yet logged]
+_warned = {}  # (event, reason, target) -> [last logged at, deliveries not logged yet, session]
+_MIXED = object()  # the deliveries carried into the next line belong to several sessions
 
 
 def lost(kind, reason, count, target, session_id=None, event="ws_layer_loss"):
     """Count ``count`` lost deliveries and log one WARNING per burst and target.
 
     Within ``WARN_EVERY`` seconds of the last line about the same loss, the
-    count is carried into the next line instead of logging again.
+    count is carried into the next line instead of logging again. A line names
+    the session of the member the deliveries were lost to, or ``session_id``
+    null when unknown or several: never the session of the code that sent
+    (structlog's context would add the sender's, so the field is always set).
     """
     if not count:
         return
@@ -161,13 +166,17 @@ def lost(kind, reason, count, target, session_id=None, event="ws_layer_loss"):
     key = (event, reason, target)
     state = _warned.get(key)
     if state is not None and now - state[0] < WARN_EVERY:
+        if state[1] == 0:
+            state[2] = session_id
+        elif state[2] != session_id:
+            state[2] = _MIXED
         state[1] += count
         return
     if len(_warned) > 1000:  # targets are group and channel names: keep the memory bounded
         _warned.clear()
     carried = state[1] if state is not None else 0
-    _warned[key] = [now, 0]
-    fields = {"kind": kind, "reason": reason, "count": count + carried, "target": target}
-    if session_id is not None:
-        fields["session_id"] = session_id
-    logger.warning(event, **fields)
+    if carried and state[2] != session_id:
+        session_id = None
+    _warned[key] = [now, 0, None]
+    logger.warning(event, kind=kind, reason=reason, count=count + carried, target=target,
+                   session_id=session_id)

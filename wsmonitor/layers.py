@@ -7,7 +7,9 @@ and trace context travel beside it (:mod:`wsmonitor.envelope`) and wsmonitor's
 consumers read them with :func:`received`. See docs/channel-layers.md.
 """
 
+import asyncio
 import time
+import weakref
 
 from channels import layers as _channels_layers
 from channels.exceptions import ChannelFull
@@ -24,17 +26,33 @@ ENVELOPE_KEY = "_wsmonitor"
 __all__ = ["InMemoryChannelLayer", "RedisChannelLayer", "RedisPubSubChannelLayer", "received"]
 
 _sessions = {}  # channel name -> session ID of the wsmonitor consumer reading it
+# Sessions of closed connections whose channel still had memberships in one of wsmonitor's
+# layers, kept (bounded) for the stale line their reader's end logs after the close.
+_closed_sessions = {}
+CLOSED_SESSIONS_KEPT = 10_000
+_member_layers = weakref.WeakSet()  # the layers keeping membership books (_Members)
 
 
 class _ForgetSessions(_features.Feature):
-    """A closed connection's channel leaves ``_sessions`` (its reader's end may not be seen)."""
+    """An open connection's channel is in ``_sessions``; a closed one's leaves it (its
+    reader's end may not be seen)."""
 
     name = "layer_sessions"
     kinds = frozenset({"async", "sync"})  # only wsmonitor's consumers set conn.channel_name
 
+    def opened(self, conn):
+        # Loss and lapse lines name the member's session, also before it received anything.
+        if conn.channel_name is not None:
+            _sessions[conn.channel_name] = conn.session_id
+
     def closed(self, conn):
         if conn.channel_name is not None:
-            _sessions.pop(conn.channel_name, None)
+            session = _sessions.pop(conn.channel_name, None)
+            if session is not None and any(
+                    conn.channel_name in layer._wsm_joined for layer in _member_layers):
+                if len(_closed_sessions) >= CLOSED_SESSIONS_KEPT:
+                    _closed_sessions.pop(next(iter(_closed_sessions)), None)
+                _closed_sessions[conn.channel_name] = session
 
 
 _features.register(_ForgetSessions())
@@ -119,26 +137,35 @@ class _Instrumented:
             m.dropped("group_send", "full", skipped)
 
     async def _wsm_group_send(self, group, message):
-        """Send to the group; return (members reached or None if unknown, members skipped)."""
+        """Send to the group; return (members reached or None if unknown, deliveries lost
+        for capacity: members skipped whose reader is alive)."""
         raise NotImplementedError
 
 
 class _Members:
     """This process's side of group membership: who joined what, when, and who left.
 
-    A reader whose ``receive`` ended by cancellation or error is gone (channels
-    cancels a consumer's receive when the consumer ends); memberships it did not
-    discard are stale, counted in ``ws_layer_stale_members_total``, never as losses.
+    A reader is gone when its ``receive`` ended by cancellation or error and no
+    new ``receive`` on the channel started within ``READER_GRACE`` seconds
+    (channels cancels a consumer's receive when the consumer ends; a worker
+    polling with ``asyncio.wait_for(layer.receive(...), t)`` starts the next one
+    at once). Memberships a gone reader did not discard are stale, counted in
+    ``ws_layer_stale_members_total``, never as losses. A gone reader that
+    receives again is live again, with the memberships it had.
     """
 
     #: How many gone readers are remembered, so that messages expiring in their queues count as
     #: theirs (never as losses). About 100 bytes each: at most ~1 MB, whatever the churn.
     GONE_READERS_KEPT = 10_000
+    #: Seconds after a cancelled or failed receive before its reader counts as gone.
+    READER_GRACE = 2.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._wsm_joined = {}  # channel -> {group: joined at}
-        self._wsm_gone = {}  # channels whose reader left, oldest first (bounded)
+        self._wsm_gone = {}  # channel whose reader left -> its memberships, oldest first (bounded)
+        self._wsm_ending = {}  # channel whose receive ended -> timer declaring its reader gone
+        _member_layers.add(self)
 
     def _wsm_local(self, channel):
         return True
@@ -161,26 +188,49 @@ class _Members:
         await self._wsm_left(group, channel)
 
     async def receive(self, channel):
+        if channel in self._wsm_ending:  # the receive before this one was cancelled: polling
+            self._wsm_ending.pop(channel).cancel()
+        elif channel in self._wsm_gone:
+            self._wsm_revive(channel)
         try:
             return await super().receive(channel)
         except BaseException:
-            await self._wsm_reader_gone(channel)
+            self._wsm_ending[channel] = asyncio.get_running_loop().call_later(
+                self.READER_GRACE, self._wsm_end, channel)
             raise
+
+    def _wsm_end(self, channel):
+        self._wsm_ending.pop(channel, None)
+        asyncio.ensure_future(self._wsm_reader_gone(channel))
 
     async def _wsm_reader_gone(self, channel):
         groups = self._wsm_joined.pop(channel, None)
         if len(self._wsm_gone) >= self.GONE_READERS_KEPT:
             del self._wsm_gone[next(iter(self._wsm_gone))]
-        self._wsm_gone[channel] = True
-        session = _sessions.pop(channel, None)
+        self._wsm_gone[channel] = groups or {}
+        session = _sessions.pop(channel, None) or _closed_sessions.pop(channel, None)
         if groups:
             _lm.lost("group_add", "stale", len(groups), ",".join(sorted(groups)), session,
                      event="ws_layer_stale")
             for group in groups:
                 await self._wsm_left(group, channel)
 
-    def _wsm_rejoined(self, group, channel):
-        """``channel`` joined ``group`` again: a lapsed membership is live again."""
+    def _wsm_forget(self):
+        for timer in self._wsm_ending.values():
+            timer.cancel()
+        self._wsm_ending.clear()
+        self._wsm_joined.clear()
+
+    def _wsm_revive(self, channel):
+        """A gone reader receives again: its memberships are live again."""
+        groups = self._wsm_gone.pop(channel)
+        if groups:
+            self._wsm_joined[channel] = groups
+            for group, joined in groups.items():
+                self._wsm_rejoined(group, channel, joined)
+
+    def _wsm_rejoined(self, group, channel, joined=None):
+        """``channel`` joined ``group`` (again, or at ``joined`` for a revived reader)."""
 
     async def _wsm_left(self, group, channel):
         """``channel`` left ``group`` (discarded, or its reader is gone)."""
@@ -221,7 +271,8 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
             try:
                 await send(self, channel, message)
             except ChannelFull:
-                skipped += 1
+                if channel not in self._wsm_gone:  # a gone reader's full queue loses nothing
+                    skipped += 1
             else:
                 reached += 1
                 self._wsm_hold_last(channel, env)
@@ -263,7 +314,12 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
                 _lm.lost("group_add", reason, 1, group, _sessions.get(channel),
                          event="ws_layer_membership_lapsed")
 
-    def _wsm_rejoined(self, group, channel):
+    def _wsm_rejoined(self, group, channel, joined=None):
+        if joined is not None:  # a revived reader: what its memberships became meanwhile
+            if channel not in self.groups.get(group, ()):
+                reason = "group_expiry" if joined < time.time() - self.group_expiry else "expired"
+                self._wsm_lapsed.setdefault(group, {})[channel] = reason
+            return
         lapsed = self._wsm_lapsed.get(group)
         if lapsed is not None and lapsed.pop(channel, None) is not None and not lapsed:
             del self._wsm_lapsed[group]
@@ -274,7 +330,7 @@ class InMemoryChannelLayer(_Members, _Instrumented, _channels_layers.InMemoryCha
     async def flush(self):
         await super().flush()
         self._wsm_lapsed.clear()
-        self._wsm_joined.clear()
+        self._wsm_forget()
 
 
 _REDIS_BACKENDS = ("RedisChannelLayer", "RedisPubSubChannelLayer")

@@ -1,6 +1,7 @@
 """wsmonitor's channels_redis backends: the one place that relies on channels_redis internals.
 
-Tested on channels_redis 4.3.0 (with channels 4.3.2, redis-py 8.1); accepted
+Tested on channels_redis 4.3.0 (with channels 4.3.2, redis-py 8.1) and 4.2.1 (with
+channels 4.2.2, redis-py 4.6: scripts/matrix.sh, scripts/upstream-layer-tests.sh); accepted
 range: :data:`TESTED`. Outside it, or when an internal is not as expected, the
 backends switch off loudly (an ERROR log line) and behave as the plain upstream
 classes, timing sends only: no envelope, no loss counts beyond capacity errors.
@@ -20,8 +21,9 @@ from . import envelope as _envelope
 from . import layer_metrics as _lm
 from .layers import _Instrumented, _Members, _sessions
 
-#: channels_redis versions whose internals this module was checked against: [low, high).
-TESTED = ((4, 3, 0), (4, 4, 0))
+#: channels_redis versions whose internals this module was checked against: [low, high). 4.2.1
+#: and 4.3.0 differ only in channels' name checks, which this module calls through channels.
+TESTED = ((4, 2, 1), (4, 4, 0))
 
 log = logging.getLogger("wsmonitor.layers")
 
@@ -87,29 +89,42 @@ table.insert(members, 1, lapsed)
 return members
 """
 
-# channels_redis's delivery script, returning the members skipped for capacity and the
-# expired entries it removed. ARGV: n messages, n capacities, n member counts, now,
-# expiry cutoff, expiry. Returns {skipped, expired entries...}.
+# channels_redis's delivery script, returning the members skipped for capacity, which keys
+# were full and the expired entries it removed. ARGV: n messages, n capacities, n member
+# counts, now, expiry cutoff, expiry. Returns {skipped, k, k full key indexes, expired...}.
 GROUP_SEND_LUA = """
 local n = #KEYS
 local now = ARGV[3 * n + 1]
 local cutoff = ARGV[3 * n + 2]
 local expiry = ARGV[3 * n + 3]
-local result = {0}
+local skipped = 0
+local full = {}
+local expired_all = {}
 for i = 1, n do
     local expired = redis.call('ZRANGEBYSCORE', KEYS[i], 0, cutoff)
     if #expired > 0 then
         redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
-        for _, entry in ipairs(expired) do table.insert(result, entry) end
+        for _, entry in ipairs(expired) do table.insert(expired_all, entry) end
     end
     if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
         redis.call('ZADD', KEYS[i], now, ARGV[i])
         redis.call('EXPIRE', KEYS[i], expiry)
     else
-        result[1] = result[1] + tonumber(ARGV[2 * n + i])
+        skipped = skipped + tonumber(ARGV[2 * n + i])
+        table.insert(full, i)
     end
 end
+local result = {skipped, #full}
+for _, i in ipairs(full) do table.insert(result, i) end
+for _, entry in ipairs(expired_all) do table.insert(result, entry) end
 return result
+"""
+
+# A process's liveness: "alive" lapses ALIVE_TTL seconds after its last beat; "ran" outlives
+# every entry the process can have left behind. KEYS: alive, ran. ARGV: their TTLs.
+ALIVE_LUA = """
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
 """
 
 #: Seconds a lapsed membership stays counted without its process renewing it.
@@ -155,6 +170,9 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
             self._wsm_prefix = 0
         self.receive_buffer = _ReceiveBuffers(self)
         self._wsm_timers = {}  # (group, channel) -> timer of its lapse
+        self._wsm_beat = None  # (loop, timer) of this process's liveness beat
+        self._wsm_liveness = {}  # client prefix of another process -> (dead, checked at)
+        self._wsm_stale_seen = {}  # members of dead processes already counted stale (bounded)
 
     # --- Envelope in the serializer's prefix -------------------------------------
     def serialize(self, message):
@@ -199,26 +217,135 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
         result = await connection.eval(
             SEND_LUA, 1, channel_key, int(time.time()) - int(self.expiry),
             self.get_capacity(channel), self.serialize(message), time.time(), int(self.expiry))
-        self._wsm_expired("send", result[1:])
+        if len(result) > 1:
+            await self._wsm_expired("send", result[1:])
         if not result[0]:
             raise _core.ChannelFull()
 
-    def _wsm_expired(self, kind, entries):
-        """Count the deliveries in expired entries, one per member they listed."""
+    def _wsm_members(self, entry):
+        """The member channels a stored entry was for (["?"]: unreadable, one at least)."""
+        serializer = self._serializer
+        try:
+            if self._wsm_prefix:  # channels_redis's serializer: decrypt without its TTL,
+                data = entry[serializer.random_prefix_length:]  # which expired entries fail
+                if serializer.crypter:
+                    data = serializer.crypter.decrypt(data)
+                message = serializer.from_bytes(data)
+            else:
+                message = serializer.deserialize(entry)
+            members = message.get("__asgi_channel__") if type(message) is dict else None
+        except Exception:  # another serializer or key: one delivery at least
+            members = None
+        if isinstance(members, str):
+            return [members]
+        return members or ["?"]
+
+    async def _wsm_expired(self, kind, entries):
+        """Count the deliveries in expired entries, one per member they listed, as lost,
+        or as stale when the member's process is dead."""
         lost = collections.Counter()
         for entry in entries:
-            try:
-                message = self._serializer.deserialize(entry)
-                members = message.get("__asgi_channel__") if type(message) is dict else None
-            except Exception:  # another serializer or key: one delivery at least
-                members = None
-            if isinstance(members, str):
-                members = [members]
-            for channel in members or ("?",):
+            for channel in self._wsm_members(entry):
                 if channel not in self._wsm_gone:
                     lost[channel] += 1
+        dead = await self._wsm_dead(lost)
         for channel, count in lost.items():
+            if channel in dead:
+                continue
             _lm.lost(kind, "expired", count, channel, _sessions.get(channel))
+        self._wsm_stale(kind, dead)
+
+    # --- Entries of dead processes: stale, not lost ------------------------------
+    #: Seconds after a process's last liveness beat before other processes think it dead.
+    ALIVE_TTL = 15
+    #: Seconds another process's liveness is trusted before it is checked again.
+    LIVENESS_CACHE = 5
+
+    def _wsm_liveness_keys(self, client_prefix):
+        return (f"{self.prefix}:wsm:alive:{client_prefix}".encode("utf8"),
+                f"{self.prefix}:wsm:ran:{client_prefix}".encode("utf8"))
+
+    async def new_channel(self, prefix="specific"):
+        channel = await super().new_channel(prefix)
+        loop = asyncio.get_running_loop()
+        if self._wsm_beat is None or self._wsm_beat[0] is not loop:
+            await self._wsm_alive()
+        return channel
+
+    async def _wsm_alive(self):
+        """Mark this process alive, and again every third of ALIVE_TTL while its loop runs."""
+        loop = asyncio.get_running_loop()
+        self._wsm_stop_beat()
+        self._wsm_beat = (loop, loop.call_later(
+            self.ALIVE_TTL / 3, lambda: asyncio.ensure_future(self._wsm_alive())))
+        ran = int(self.group_expiry + self.expiry + self.ALIVE_TTL)
+        try:
+            await self.connection(self.consistent_hash(self.client_prefix)).eval(
+                ALIVE_LUA, 2, *self._wsm_liveness_keys(self.client_prefix), self.ALIVE_TTL, ran)
+        except Exception as exc:  # the next beat tries again
+            log.warning("could not mark this process alive in Redis: %s", exc)
+
+    def _wsm_stop_beat(self):
+        if self._wsm_beat is not None:
+            self._wsm_beat[1].cancel()
+            self._wsm_beat = None
+
+    async def _wsm_dead(self, channels):
+        """Those of ``channels`` whose process is dead: it ran wsmonitor and its beat lapsed.
+
+        Processes never seen beating (the upstream classes, in a mixed deploy) are alive.
+        """
+        processes = {}
+        for channel in channels:
+            if "!" in channel:
+                client_prefix = channel[:channel.index("!")].rsplit(".", 1)[-1]
+                if client_prefix != self.client_prefix:
+                    processes.setdefault(client_prefix, []).append(channel)
+        if not processes:
+            return ()
+        now = time.monotonic()
+        cache = self._wsm_liveness
+        unknown = [p for p in processes if now - cache.get(p, (0, -1e9))[1] > self.LIVENESS_CACHE]
+        if unknown:
+            if len(cache) > 1000:
+                cache.clear()
+            by_shard = collections.defaultdict(list)
+            for client_prefix in unknown:
+                by_shard[self.consistent_hash(client_prefix)].append(client_prefix)
+            for index, names in by_shard.items():
+                keys = [key for name in names for key in self._wsm_liveness_keys(name)]
+                try:
+                    values = await self.connection(index).mget(keys)
+                except Exception:  # unknown: alive, so a loss is never hidden
+                    continue
+                for i, name in enumerate(names):
+                    cache[name] = (values[2 * i] is None and values[2 * i + 1] is not None, now)
+        return {channel for client_prefix, members in processes.items()
+                if cache.get(client_prefix, (False,))[0] for channel in members}
+
+    def _wsm_stale(self, kind, channels):
+        """Count each member of a dead process once (per sending process) as stale."""
+        seen = self._wsm_stale_seen
+        new = [channel for channel in channels if channel not in seen]
+        if not new:
+            return
+        for channel in new:
+            if len(seen) >= self.GONE_READERS_KEPT:
+                del seen[next(iter(seen))]
+            seen[channel] = True
+        by_process = collections.Counter(self.non_local_name(channel) for channel in new)
+        for process, count in by_process.items():
+            _lm.lost(kind, "process_gone", count, process, None, event="ws_layer_stale")
+
+    async def close_pools(self):
+        # A clean end: this process's entries are stale from now on, not lost.
+        self._wsm_stop_beat()
+        try:
+            await self.connection(self.consistent_hash(self.client_prefix)).delete(
+                self._wsm_liveness_keys(self.client_prefix)[0])
+        except Exception:  # the key lapses after ALIVE_TTL anyway
+            pass
+        await super().close_pools()
 
     async def _wsm_group_send(self, group, message):
         # channels_redis's group_send: one stored message per process key, listing that
@@ -236,7 +363,7 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
             channel_names, message)
         members = collections.Counter(
             self.prefix + self.non_local_name(name) for name in channel_names)
-        skipped = 0
+        skipped = lost = 0
         for index, keys in by_connection.items():
             now = time.time()
             args = [key_message[k] for k in keys] + [key_capacity[k] for k in keys]
@@ -244,23 +371,34 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
             args += [now, int(now) - int(self.expiry), int(self.expiry)]
             result = await self.connection(index).eval(GROUP_SEND_LUA, len(keys), *keys, *args)
             skipped += result[0]
-            self._wsm_expired("group_send", result[1:])
+            lost += result[0]
+            full = result[2:2 + result[1]]
+            if full:  # full keys of dead processes lose nothing
+                full_keys = {keys[i - 1] for i in full}
+                on_full = [name for name in channel_names
+                           if self.prefix + self.non_local_name(name) in full_keys]
+                dead = await self._wsm_dead(on_full)
+                lost -= len(dead)
+                self._wsm_stale("group_send", dead)
+            if len(result) > 2 + result[1]:
+                await self._wsm_expired("group_send", result[2 + result[1]:])
         if skipped:
             _core.logger.info("%s of %s channels over capacity in group %s",
                               skipped, len(channel_names), group)
-        return len(channel_names) - skipped, skipped
+        return len(channel_names) - skipped, lost
 
     # --- Group expiry, seen from the members' side -------------------------------
     def _wsm_lapsed_key(self, group):
         return f"{self.prefix}:wsm:lapsed:{group}".encode("utf8")
 
-    def _wsm_rejoined(self, group, channel):
+    def _wsm_rejoined(self, group, channel, joined=None):
         self._wsm_cancel(group, channel)
         loop = asyncio.get_running_loop()
+        age = 0 if joined is None else max(0.0, time.time() - joined)
         # One second after group_expiry: by then channels_redis has dropped the member
         # (on the next group_send) or the whole group key has expired.
         self._wsm_timers[group, channel] = loop.call_later(
-            self.group_expiry + 1, self._wsm_lapse, group, channel)
+            max(0.0, self.group_expiry + 1 - age), self._wsm_lapse, group, channel)
 
     def _wsm_cancel(self, group, channel):
         timer = self._wsm_timers.pop((group, channel), None)
@@ -301,10 +439,11 @@ class RedisChannelLayer(_Members, _Instrumented, _core.RedisChannelLayer):
             await connection.hdel(self._wsm_lapsed_key(group), channel)
 
     async def flush(self):
+        self._wsm_stop_beat()
         for timer in self._wsm_timers.values():
             timer.cancel()
         self._wsm_timers.clear()
-        self._wsm_joined.clear()
+        self._wsm_forget()
         await super().flush()
 
 
