@@ -250,13 +250,12 @@ class InstrumentedMixin(HeartbeatMixin, StreamingMixin):
         The event names who asked (recorded as ``closed_by``) and why (logged here, on the
         node that holds the socket; daphne passes no reason to the client).
         """
-        from .console.closing import log_request, requested
+        from .console.closing import take_request
 
-        request = requested(event, self.session_id)
+        request = take_request(event, self._wsm, self.session_id)
         if request is None:
             return
-        code, by, reason = request
-        log_request(self._wsm, self.session_id, code, by, reason)
+        code, by = request
         if self._wsm is not None:
             await self._wsm.close(code, by=by)
         else:
@@ -317,13 +316,12 @@ class _SyncCloseHandler:
     """Sync consumers call handlers in a thread: the close request handler must be sync too."""
 
     def wsmonitor_close(self, event):
-        from .console.closing import log_request, requested
+        from .console.closing import take_request
 
-        request = requested(event, self.session_id)
+        request = take_request(event, self._wsm, self.session_id)
         if request is None:
             return
-        code, by, reason = request
-        log_request(self._wsm, self.session_id, code, by, reason)
+        code, by = request
         if self._wsm is not None:
             async_to_sync(self._wsm.close)(code, by=by)
         else:

@@ -36,26 +36,24 @@ def close_event(entry, code, by, reason=""):
             "reason": clean_reason(reason)}
 
 
-def requested(event, session_id):
-    """``(code, by, reason)`` of a close request meant for ``session_id``, or None.
+def take_request(event, conn, session_id):
+    """``(code, by)`` of a close request meant for ``session_id``, logged; or None.
 
     ``by`` is the sender's own word when it is one of :data:`REQUESTERS`: a close from
-    ``manage.py wsmonitor_sessions close`` is not recorded as the console's.
+    ``manage.py wsmonitor_sessions close`` is not recorded as the console's. The reason is
+    logged here, on the node that holds the socket: daphne passes none to the client.
     """
     code = event.get("code", 1000)
     if event.get("session_id") != session_id or not valid_close_code(code):
         return None
     by = event.get("by")
-    return code, by if by in REQUESTERS else "server", clean_reason(event.get("reason"))
-
-
-def log_request(conn, session_id, code, by, reason):
-    """On the node that holds the socket: who asked it to close, and why."""
+    by = by if by in REQUESTERS else "server"
     if conn is None or conn.logs:
         from ..logging import logger
 
         logger.info("ws_close_requested", target_session_id=session_id, code=code, by=by,
-                    reason=reason)
+                    reason=clean_reason(event.get("reason")))
+    return code, by
 
 
 def reach(entry, me):
